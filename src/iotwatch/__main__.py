@@ -1,0 +1,3 @@
+from iotwatch.cli import main
+
+raise SystemExit(main())

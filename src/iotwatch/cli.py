@@ -1,0 +1,63 @@
+"""The `iotwatch` command: a thin dispatcher; each command's module owns its own arguments.
+
+Commands:
+  flows CAPTURE... --out FILE.parquet [--profile NAME]   captures to a flow table
+  synth --out DIR [--seed S] [--days D]                    generate the synthetic smart home
+  params                                                   compose conf/ into params.yaml
+  stage NAME                                               run one DVC stage from params.yaml
+  run STAGE [-m] [hydra overrides]                         run stages from conf/ with Hydra (sweeps)
+  ui                                                       start the MLflow UI on 127.0.0.1
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from iotwatch.errors import IotwatchError
+
+# command -> module exposing ``main(argv: list[str]) -> int``; imported lazily so that
+# `iotwatch flows` does not pay for torch or mlflow.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "flows": ("iotwatch.flowmeter.cli", "captures to a bidirectional flow table (Parquet)"),
+    "synth": ("iotwatch.synth.cli", "generate the synthetic smart-home captures"),
+    "params": ("iotwatch.pipeline.params_cli", "compose conf/ into params.yaml"),
+    "stage": ("iotwatch.pipeline.stages", "run one pipeline stage, configured by params.yaml"),
+    "run": ("iotwatch.pipeline.hydra_app", "run stages from conf/ with Hydra (multirun sweeps)"),
+    "ui": ("iotwatch.tracking", "start the MLflow UI on 127.0.0.1"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: iotwatch COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`iotwatch COMMAND --help` shows a command's arguments."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `iotwatch` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from iotwatch import __version__
+
+        print(f"iotwatch {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"iotwatch: unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except IotwatchError as exc:
+        print(f"iotwatch {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"iotwatch {name}: interrupted", file=sys.stderr)
+        return 130
