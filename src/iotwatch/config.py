@@ -72,7 +72,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return value
     if hint is Any:
         return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if hint is bool:
         if not isinstance(value, bool):

@@ -128,31 +128,43 @@ def write_inventory_csv(inventory: Inventory, path: Path) -> None:
             w.writerow([d.mac or "", d.ip or "", d.device_type, d.name])
 
 
+def read_sentinel_folder(folder: Path) -> Inventory:
+    """Read one IoT-Sentinel device folder: its ``_iotdevice-mac.txt`` names the device."""
+    folder = Path(folder)
+    mac_file = folder / SENTINEL_MAC_FILE
+    if not mac_file.is_file():
+        raise InputError(f"{folder}: no {SENTINEL_MAC_FILE}, cannot label its captures")
+    mac = mac_file.read_text(encoding="utf-8", errors="replace").strip().split()[0:1]
+    if not mac:
+        raise InputError(f"{mac_file}: empty, expected a MAC address")
+    dev = Device(device_type=folder.name, name=folder.name, mac=_check_mac(mac[0], str(mac_file)))
+    return Inventory([dev])
+
+
 def read_sentinel_inventory(root: Path) -> Inventory:
-    """Read an IoT-Sentinel layout: ``root/<DeviceType>/_iotdevice-mac.txt``."""
+    """Read an IoT-Sentinel layout: ``root/<DeviceType>/_iotdevice-mac.txt``.
+
+    Two folders may share a MAC (HueSwitch and HueBridge); the merged inventory then keeps the
+    last one for lookups, so label such captures per folder with ``read_sentinel_folder``.
+    """
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: not a directory of device folders")
     devices = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        mac_file = folder / SENTINEL_MAC_FILE
-        if not mac_file.is_file():
-            continue
-        mac = mac_file.read_text(encoding="utf-8", errors="replace").strip().split()[0:1]
-        if not mac:
-            raise InputError(f"{mac_file}: empty, expected a MAC address")
-        devices.append(
-            Device(device_type=folder.name, name=folder.name, mac=_check_mac(mac[0], str(mac_file)))
-        )
+        if (folder / SENTINEL_MAC_FILE).is_file():
+            devices.extend(read_sentinel_folder(folder).devices)
     if not devices:
         raise InputError(f"{root}: no <device>/{SENTINEL_MAC_FILE} found")
     return Inventory(devices)
 
 
 def load_inventory(path: Path | str, fmt: str = "csv") -> Inventory:
-    """Load an inventory in format ``csv`` or ``sentinel``."""
+    """Load an inventory in format ``csv``, ``sentinel`` or ``sentinel-folder``."""
     if fmt == "csv":
         return read_inventory_csv(Path(path))
     if fmt == "sentinel":
         return read_sentinel_inventory(Path(path))
+    if fmt == "sentinel-folder":
+        return read_sentinel_folder(Path(path))
     raise InputError(f"unknown inventory format '{fmt}' (expected csv or sentinel)")

@@ -1,0 +1,60 @@
+# iotwatch: `make run` (set up, then the whole pipeline on the synthetic smart home) and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+# Stage commands in dvc.yaml call `iotwatch`: put the project's venv first on PATH.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
+
+.PHONY: help setup run test test-fast lint format params ui bench clean
+
+help: ## list the commands people use
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv with the pinned dependencies (torch 2.13.0 CPU)
+
+$(STAMP): pyproject.toml requirements.lock
+	@start=$$(date +%s); \
+	$(PYTHON) -m venv $(VENV); \
+	$(VENV)/bin/pip install -q --upgrade pip; \
+	$(VENV)/bin/pip install -q torch==2.13.0; \
+	$(VENV)/bin/pip install -q -c requirements.lock -e '.[dev]'; \
+	touch $(STAMP); \
+	echo "setup: installed in $$(( $$(date +%s) - start )) s"
+
+run: setup ## set up, then run the whole pipeline (dvc repro) on the default synthetic dataset
+	@start=$$(date +%s); \
+	iotwatch params --check >/dev/null || iotwatch params; \
+	dvc repro; \
+	echo "pipeline: done in $$(( $$(date +%s) - start )) s; report: reports/report.md, MLflow: make ui"
+
+test: setup ## set up, then run every test
+	pytest
+
+test-fast: setup ## tests without the slow ones
+	pytest -m "not slow"
+
+lint: setup ## ruff lint and format check
+	ruff check src tests bench
+	ruff format --check src tests bench
+
+format: setup ## ruff format and autofix
+	ruff format src tests bench
+	ruff check --fix src tests bench
+
+params: setup ## compose conf/ into params.yaml (after editing conf/)
+	iotwatch params
+
+ui: setup ## MLflow UI on http://127.0.0.1:5000
+	iotwatch ui
+
+bench: setup ## speed benchmarks (flow meter, synthesizer); print figures
+	python bench/bench_flows.py
+	python bench/bench_synth.py
+
+clean: ## remove pipeline outputs (keeps .venv and mlruns/)
+	rm -rf data models reports outputs multirun .dvc/cache .dvc/tmp

@@ -1,0 +1,1 @@
+"""The DVC pipeline: stage runners, params.yaml composition and the Hydra sweep entry."""
