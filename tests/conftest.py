@@ -22,3 +22,9 @@ def shared_or_skip(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not present (shared data is optional)")
     return path
+
+
+@pytest.fixture
+def shared_data():  # noqa: ANN201
+    """``shared_data("iot-sentinel", "captures")``: a path under ../shared/data, or skip."""
+    return shared_or_skip

@@ -15,8 +15,6 @@ from iotwatch.inventory import (
     write_inventory_csv,
 )
 
-from .conftest import shared_or_skip
-
 
 def test_csv_round_trip_and_lookup(tmp_path: Path) -> None:
     inv = Inventory(
@@ -70,8 +68,8 @@ def test_sentinel_layout(tmp_path: Path) -> None:
         load_inventory(tmp_path / "Empty", "sentinel-folder")
 
 
-def test_real_sentinel_inventory() -> None:
-    root = shared_or_skip("iot-sentinel", "captures")
+def test_real_sentinel_inventory(shared_data) -> None:  # noqa: ANN001
+    root = shared_data("iot-sentinel", "captures")
     inv = load_inventory(root, "sentinel")
     assert len(inv) == 31
     assert "TP-LinkPlugHS110" in inv.device_types
