@@ -166,7 +166,8 @@ def _flows_per_type(table: Any) -> dict[str, int]:
 
 def stage_flows(p: Params, sr: StageRun) -> dict[str, Any]:
     """Meter the dataset's captures (benign and malicious) into flow tables."""
-    from iotwatch.flowmeter import FlowConfig, empty_table
+    from iotwatch.flowmeter import FlowConfig
+    from iotwatch.flowmeter.schema import flow_schema
 
     cfg = p.typed("flows", FlowConfig)
     if p.dataset.local_networks and not cfg.local_networks:
@@ -174,12 +175,12 @@ def stage_flows(p: Params, sr: StageRun) -> dict[str, Any]:
     t0 = time.perf_counter()
     benign, m_benign = _meter_dataset(p.dataset.captures, p, cfg, required=True)
     if benign is None:
-        benign = empty_table(cfg.n_packets)
+        benign = flow_schema(cfg.n_packets).empty_table()
     malicious, m_mal = (None, {"files": 0})
     if p.dataset.malicious is not None:
         malicious, m_mal = _meter_dataset(p.dataset.malicious, p, cfg, required=False)
     if malicious is None:
-        malicious = empty_table(cfg.n_packets)
+        malicious = flow_schema(cfg.n_packets).empty_table()
     import pyarrow.parquet as pq
 
     for table, path in ((benign, p.paths.flows), (malicious, p.paths.flows_malicious)):
