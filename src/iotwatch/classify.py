@@ -1,0 +1,446 @@
+"""Device-type recognition: six sklearn classifiers compared like the method's table.
+
+Each model is a Pipeline ([log1p] -> [StandardScaler] -> estimator); all hyperparameters come
+from conf/classify/*.yaml. With ``optuna.enabled`` every model that has a search space is tuned
+by cross-validated accuracy on TRAIN only (each trial a nested MLflow run), then refit on all
+of train. The best model by test accuracy is saved with skops (never pickle) together with its
+label names and feature columns; ``load_classifier`` reloads it trusting only an allow-list.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from iotwatch.errors import InputError
+from iotwatch.paths import PathsConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from iotwatch.tracking import StageRun
+
+log = logging.getLogger(__name__)
+
+# name -> (module, class); the order is the method's table order.
+ESTIMATORS: dict[str, tuple[str, str]] = {
+    "random_forest": ("sklearn.ensemble", "RandomForestClassifier"),
+    "decision_tree": ("sklearn.tree", "DecisionTreeClassifier"),
+    "svm": ("sklearn.svm", "SVC"),
+    "knn": ("sklearn.neighbors", "KNeighborsClassifier"),
+    "mlp": ("sklearn.neural_network", "MLPClassifier"),
+    "gaussian_nb": ("sklearn.naive_bayes", "GaussianNB"),
+}
+SCORE_KEYS = ("accuracy", "precision_micro", "recall_micro", "f1_micro", "f1_macro")
+BEST_KEY = "best_model"  # the one key of classify.json that is not a model
+
+
+@dataclass
+class ModelConfig:
+    """One classifier: whether to run it, its preprocessing and its estimator parameters."""
+
+    enabled: bool = True
+    log1p: bool = False  # log1p of every feature (sizes/IATs are >= 0) before scaling
+    scale: bool = False  # StandardScaler: needed by distance/gradient models (SVM, kNN, MLP)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptunaConfig:
+    """Hyperparameter search: TPE over ``search_spaces`` maximising CV accuracy on train."""
+
+    enabled: bool = False
+    n_trials: int = 20
+    cv_folds: int = 3
+    timeout_s: float | None = None  # per model
+    # Optuna storage URL (sqlite:///optuna.db, postgresql://...) to share studies; null = memory.
+    storage: str | None = None
+    study_prefix: str = "iotwatch-classify"
+    # model -> param -> {type: int|float|categorical, low, high, log, choices}; the special
+    # param ``log1p`` toggles the log transform. Models without a space keep their params.
+    search_spaces: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1:
+            raise ValueError(f"optuna.n_trials must be >= 1, got {self.n_trials}")
+        if self.cv_folds < 2:
+            raise ValueError(f"optuna.cv_folds must be >= 2, got {self.cv_folds}")
+        for model, space in self.search_spaces.items():
+            if model not in ESTIMATORS:
+                raise ValueError(
+                    f"optuna.search_spaces: unknown model '{model}'; known: {list(ESTIMATORS)}"
+                )
+            for name, spec in space.items():
+                kind = spec.get("type")
+                if kind in ("int", "float"):
+                    if "low" not in spec or "high" not in spec:
+                        raise ValueError(f"optuna.search_spaces.{model}.{name}: needs low and high")
+                    if spec["low"] > spec["high"]:
+                        raise ValueError(f"optuna.search_spaces.{model}.{name}: low > high")
+                elif kind == "categorical":
+                    if not spec.get("choices"):
+                        raise ValueError(f"optuna.search_spaces.{model}.{name}: needs choices")
+                else:
+                    raise ValueError(
+                        f"optuna.search_spaces.{model}.{name}: type must be int, float or "
+                        f"categorical, got {kind!r}"
+                    )
+
+
+@dataclass
+class ClassifyConfig:
+    """conf/classify/*.yaml: the models to compare and the optional Optuna search."""
+
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    optuna: OptunaConfig = field(default_factory=OptunaConfig)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.models) - set(ESTIMATORS))
+        if unknown:
+            raise ValueError(f"models: unknown model(s) {unknown}; known: {list(ESTIMATORS)}")
+        if not any(m.enabled for m in self.models.values()):
+            raise ValueError("models: no model is enabled")
+
+
+@dataclass
+class ClassifierBundle:
+    """What ``paths.classifier`` holds: the fitted pipeline, its labels and feature columns."""
+
+    model: Any
+    labels: list[str]
+    feature_columns: list[str]
+    name: str
+
+
+def _fix_param(name: str, value: Any) -> Any:
+    # YAML lists / "64,32" strings -> tuples: MLP layer sizes (Optuna choices must be scalars).
+    if name == "hidden_layer_sizes":
+        if isinstance(value, str):
+            return tuple(int(v) for v in value.split(",") if v.strip())
+        if isinstance(value, list):
+            return tuple(int(v) for v in value)
+    return value
+
+
+def make_pipeline(
+    name: str, mcfg: ModelConfig, seed: int, params: dict[str, Any] | None = None
+) -> Any:
+    """Build the sklearn Pipeline of model ``name`` (random_state = seed where it exists)."""
+    import importlib
+
+    import numpy as np
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    from iotwatch.errors import ConfigError
+
+    module, cls_name = ESTIMATORS[name]
+    cls = getattr(importlib.import_module(module), cls_name)
+    params = dict(mcfg.params if params is None else params)
+    log1p = bool(params.pop("log1p", mcfg.log1p))
+    kwargs = {k: _fix_param(k, v) for k, v in params.items()}
+    if "random_state" in cls().get_params() and "random_state" not in kwargs:
+        kwargs["random_state"] = seed
+    try:
+        est = cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"classify.models.{name}.params: {exc}") from None
+    steps: list[tuple[str, Any]] = []
+    if log1p:
+        steps.append(("log1p", FunctionTransformer(np.log1p, feature_names_out="one-to-one")))
+    if mcfg.scale:
+        steps.append(("scale", StandardScaler()))
+    steps.append(("model", est))
+    return Pipeline(steps)
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """The method's metrics (accuracy, micro P/R/F1) plus macro F1 and a per-class report."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average="micro", zero_division=0)
+    _, _, fmac, _ = precision_recall_fscore_support(
+        y_true, y_pred, average="macro", labels=labels, zero_division=0
+    )
+    pc, rc, fc, sc = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    per_class = {
+        lab: {
+            "precision": float(pc[i]),
+            "recall": float(rc[i]),
+            "f1": float(fc[i]),
+            "support": int(sc[i]),
+        }
+        for i, lab in enumerate(labels)
+    }
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "precision_micro": float(p),
+        "recall_micro": float(r),
+        "f1_micro": float(f),
+        "f1_macro": float(fmac),
+        "per_class": per_class,
+    }
+
+
+def _suggest(trial: Any, name: str, spec: dict[str, Any]) -> Any:
+    kind = spec["type"]
+    if kind == "int":
+        return trial.suggest_int(
+            name, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log", False))
+        )
+    if kind == "float":
+        return trial.suggest_float(
+            name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False))
+        )
+    return trial.suggest_categorical(name, list(spec["choices"]))
+
+
+def tune(
+    name: str,
+    mcfg: ModelConfig,
+    ocfg: OptunaConfig,
+    x: pd.DataFrame,
+    y: np.ndarray,
+    seed: int,
+    sr: StageRun,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Optuna search of model ``name`` on train (CV accuracy); returns (best params, stats)."""
+    from collections import Counter
+
+    import optuna
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    space = ocfg.search_spaces[name]
+    base = {"log1p": mcfg.log1p, **mcfg.params}
+    # Folds cannot exceed the smallest class.
+    smallest = int(min(Counter(y.tolist()).values()))
+    folds = max(2, min(ocfg.cv_folds, smallest))
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own one-line-per-trial log instead
+
+    def objective(trial: Any) -> float:
+        params = dict(base)
+        params.update({p: _suggest(trial, p, spec) for p, spec in space.items()})
+        pipe = make_pipeline(name, mcfg, seed, params)
+        t0 = time.perf_counter()
+        acc = float(cross_val_score(pipe, x, y, cv=cv, scoring="accuracy", n_jobs=1).mean())
+        with sr.child(f"{name}-trial-{trial.number}", {"model": name, "trial": trial.number}) as tr:
+            tr.log_params(trial.params)
+            tr.log_metrics({"cv_accuracy": acc, "seconds": time.perf_counter() - t0})
+        return acc
+
+    def progress(study: Any, trial: Any) -> None:
+        log.info(
+            "%s trial %d/%d: cv accuracy %.4f (best %.4f) %s",
+            name, trial.number + 1, ocfg.n_trials, trial.value or float("nan"),
+            study.best_value, trial.params,
+        )  # fmt: skip
+
+    study = optuna.create_study(
+        study_name=f"{ocfg.study_prefix}-{name}",
+        storage=ocfg.storage,
+        load_if_exists=ocfg.storage is not None,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+    )
+    study.optimize(objective, n_trials=ocfg.n_trials, timeout=ocfg.timeout_s, callbacks=[progress])
+    best = dict(base)
+    best.update(study.best_params)
+    stats = {"cv_accuracy": float(study.best_value), "trials": len(study.trials), "cv_folds": folds}
+    return best, stats
+
+
+def load_split(paths: PathsConfig) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Read train/test feature tables and check they share their feature columns."""
+    from iotwatch.features import LABEL, model_columns, read_table
+
+    train = read_table(paths.features_train, "train feature table")
+    test = read_table(paths.features_test, "test feature table")
+    cols = model_columns(train)
+    if cols != model_columns(test):
+        raise InputError(
+            f"{paths.features_test}: feature columns differ from {paths.features_train}"
+        )
+    for path, t in ((paths.features_train, train), (paths.features_test, test)):
+        if LABEL not in t.columns:
+            raise InputError(f"{path}: no '{LABEL}' column (written by the features stage?)")
+        if len(t) == 0:
+            raise InputError(f"{path}: empty feature table")
+    return train, test, cols
+
+
+def fit_and_score(
+    name: str,
+    mcfg: ModelConfig,
+    params: dict[str, Any] | None,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    cols: list[str],
+    labels: list[str],
+    seed: int,
+) -> tuple[Any, dict[str, Any], np.ndarray]:
+    """Fit one model on train, score it on test; returns (pipeline, metrics, test predictions)."""
+    from iotwatch.features import LABEL
+
+    pipe = make_pipeline(name, mcfg, seed, params)
+    y_train = train[LABEL].astype(str).to_numpy()
+    y_test = test[LABEL].astype(str).to_numpy()
+    t0 = time.perf_counter()
+    pipe.fit(train[cols], y_train)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = pipe.predict(test[cols])
+    pred_s = time.perf_counter() - t0
+    m = scores(y_test, pred, labels)
+    m["fit_seconds"] = fit_s
+    m["predict_seconds"] = pred_s
+    return pipe, m, pred
+
+
+def save_classifier(bundle: ClassifierBundle, path: Path) -> None:
+    """Save the bundle with skops (a dict of the pipeline and plain lists/strings)."""
+    import skops.io as sio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    obj = {
+        "model": bundle.model,
+        "labels": list(bundle.labels),
+        "feature_columns": list(bundle.feature_columns),
+        "name": bundle.name,
+    }
+    sio.dump(obj, path)
+
+
+# Types outside skops' default trust that our pipelines contain (fitted trees, kNN indexes,
+# the MLP optimiser). Other sklearn classes are allowed by name pattern below; nothing else.
+ALLOWED_TYPES = frozenset(
+    {
+        "sklearn.tree._tree.Tree",
+        "sklearn.neighbors._kd_tree.KDTree",
+        "sklearn.neighbors._ball_tree.BallTree",
+        "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+        "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
+        "numpy.log1p",
+    }
+)
+# sklearn classes (CamelCase last component, e.g. sklearn.metrics._dist_metrics.EuclideanDistance64);
+# functions are lower-case and never match, so no arbitrary callable gets in.
+_SKLEARN_CLASS = re.compile(r"^sklearn(\.[A-Za-z_][A-Za-z0-9_]*)+\.[A-Z][A-Za-z0-9_]*$")
+
+
+def load_classifier(path: Path | str) -> ClassifierBundle:
+    """Load a classifier saved by ``save_classifier``, refusing any type not on the allow-list."""
+    import skops.io as sio
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: classifier not found (run the classify stage)")
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:
+        raise InputError(f"{path}: not a skops file ({exc})") from None
+    refused = [t for t in untrusted if t not in ALLOWED_TYPES and not _SKLEARN_CLASS.match(t)]
+    if refused:
+        raise InputError(f"{path}: refusing to load untrusted type(s) {sorted(refused)}")
+    obj = sio.load(path, trusted=list(untrusted))
+    if not isinstance(obj, dict) or not {"model", "labels", "feature_columns", "name"} <= set(obj):
+        raise InputError(
+            f"{path}: not an iotwatch classifier (expected model/labels/feature_columns/name)"
+        )
+    return ClassifierBundle(
+        model=obj["model"],
+        labels=[str(v) for v in obj["labels"]],
+        feature_columns=[str(v) for v in obj["feature_columns"]],
+        name=str(obj["name"]),
+    )
+
+
+def write_confusion_csv(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> None:
+    """``actual,predicted`` rows for `dvc plots` (template confusion)."""
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"actual": y_true, "predicted": y_pred}).to_csv(path, index=False)
+
+
+def run(cfg: ClassifyConfig, paths: PathsConfig, seed: int, sr: StageRun) -> dict[str, Any]:
+    """Classify stage: fit/score every enabled model, record classify.json, save the best model."""
+    from sklearn.metrics import confusion_matrix
+
+    from iotwatch.config import to_dict
+    from iotwatch.features import LABEL
+    from iotwatch.viz import plot_confusion
+
+    train, test, cols = load_split(paths)
+    labels = sorted(set(train[LABEL].astype(str)) | set(test[LABEL].astype(str)))
+    y_test = test[LABEL].astype(str).to_numpy()
+    log.info(
+        "classify: %d train / %d test flows, %d features, %d classes",
+        len(train),
+        len(test),
+        len(cols),
+        len(labels),
+    )
+    sr.log_params({"seed": seed, "optuna": to_dict(cfg.optuna)})
+    results: dict[str, Any] = {}
+    fitted: dict[str, tuple[Any, Any]] = {}
+    figures = Path(paths.figures_dir)
+    for name, mcfg in cfg.models.items():
+        if not mcfg.enabled:
+            continue
+        with sr.child(name, {"model": name}) as msr:
+            params = None
+            extra: dict[str, Any] = {}
+            if cfg.optuna.enabled and name in cfg.optuna.search_spaces:
+                log.info("%s: Optuna search, %d trials", name, cfg.optuna.n_trials)
+                y_train = train[LABEL].astype(str).to_numpy()
+                params, extra = tune(name, mcfg, cfg.optuna, train[cols], y_train, seed, msr)
+                msr.log_params({"tuned": True})
+            log.info("%s: fitting on %d flows", name, len(train))
+            pipe, m, pred = fit_and_score(name, mcfg, params, train, test, cols, labels, seed)
+            used = params if params is not None else {"log1p": mcfg.log1p, **mcfg.params}
+            msr.log_params({"scale": mcfg.scale, **used})
+            if extra:
+                m["optuna"] = extra
+            png = figures / f"confusion_{name}.png"
+            cm = confusion_matrix(y_test, pred, labels=labels)
+            plot_confusion(cm, labels, png, f"{name}: accuracy {m['accuracy']:.3f}")
+            msr.log_metrics(m)
+            msr.log_artifact(png, "figures")
+            log.info(
+                "%s: accuracy %.4f, macro F1 %.4f (fit %.2f s)",
+                name,
+                m["accuracy"],
+                m["f1_macro"],
+                m["fit_seconds"],
+            )
+        results[name] = m
+        fitted[name] = (pipe, pred)
+    # Best by test accuracy; ties keep the config's order (max returns the first maximum).
+    best = max(results, key=lambda n: results[n]["accuracy"])
+    pipe, pred = fitted[best]
+    write_confusion_csv(y_test, pred, Path(paths.plots_dir) / "confusion.csv")
+    save_classifier(ClassifierBundle(pipe, labels, cols, best), Path(paths.classifier))
+    log.info(
+        "best model: %s (accuracy %.4f) saved to %s",
+        best,
+        results[best]["accuracy"],
+        paths.classifier,
+    )
+    metrics = {**results, BEST_KEY: {"name": best, "accuracy": results[best]["accuracy"]}}
+    sr.record(metrics)
+    sr.set_tags({"best_model": best})
+    sr.log_artifact(paths.classifier, "model")
+    sr.log_artifact(Path(paths.plots_dir) / "confusion.csv", "plots")
+    return metrics
+
+
+def metrics_table(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The model entries of classify.json in order (skipping ``best_model``)."""
+    return [(k, v) for k, v in metrics.items() if k != BEST_KEY and isinstance(v, dict)]
+

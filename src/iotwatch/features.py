@@ -1,0 +1,403 @@
+"""Feature tables for device-type recognition: flows -> train/test (+ labelled malicious) Parquet.
+
+A flow is described by the sizes of the first N packets the device sent and received and the
+N-1 inter-arrival times of each direction (the flow meter's ``size_*``/``iat_*`` columns). This
+module keeps flows of known devices, drops rare classes, splits train/test (stratified at random,
+or by time: train on the earlier flows, test on the later ones, which avoids the leak a random
+split of a time series has), and labels the flows of malicious captures from a ground-truth CSV.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from iotwatch.errors import InputError
+from iotwatch.paths import DatasetConfig, PathsConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from iotwatch.tracking import StageRun
+
+log = logging.getLogger(__name__)
+
+# Columns of a feature table that are not features (the classifier uses every other column).
+LABEL = "label"
+META_COLUMNS = ("label", "device_type", "device_id", "capture_time", "capture", "flow_id")
+MALICIOUS_EXTRA = ("attack_type", "gt_device_type", "gt_device_name")
+GROUND_TRUTH_COLUMNS = (
+    "attack_type", "device_type", "device_name", "proto",
+    "src_ip", "src_port", "dst_ip", "dst_port", "start", "end",
+)  # fmt: skip
+_PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
+
+
+@dataclass
+class FeaturesConfig:
+    """conf/features/*.yaml: which flows become features and how train/test are split."""
+
+    n_packets: int = 10
+    label: str = "device_type"
+    split: Literal["stratified", "time"] = "stratified"
+    # Fraction of flows in the test set; with split=time the test set is the latest flows.
+    test_size: float = 0.2
+    min_flows_per_class: int = 10
+    # Slack (s) when matching malicious flows to ground-truth time windows (clock rounding).
+    match_tolerance_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.n_packets < 2:
+            raise ValueError(f"n_packets must be >= 2, got {self.n_packets}")
+        if not 0.0 < self.test_size < 1.0:
+            raise ValueError(f"test_size must be in (0, 1), got {self.test_size}")
+        if self.min_flows_per_class < 2:
+            raise ValueError(
+                f"min_flows_per_class must be >= 2 (a class needs train and test flows), "
+                f"got {self.min_flows_per_class}"
+            )
+        if self.match_tolerance_s < 0:
+            raise ValueError(f"match_tolerance_s must be >= 0, got {self.match_tolerance_s}")
+
+
+def feature_columns(n: int) -> list[str]:
+    """Feature names for N packets, in the flow meter's order (sizes, then inter-arrival times)."""
+    try:  # the flow meter owns the schema; fall back to the same layout until it exists
+        from iotwatch.flowmeter.schema import feature_columns as _fc
+
+        return list(_fc(n))
+    except ImportError:
+        pass
+    return (
+        [f"size_sent_{i}" for i in range(1, n + 1)]
+        + [f"size_recv_{i}" for i in range(1, n + 1)]
+        + [f"iat_sent_{i}" for i in range(1, n)]
+        + [f"iat_recv_{i}" for i in range(1, n)]
+    )
+
+
+def model_columns(table: pd.DataFrame) -> list[str]:
+    """The feature columns of a feature table: every column that is not metadata."""
+    skip = set(META_COLUMNS) | set(MALICIOUS_EXTRA)
+    return [c for c in table.columns if c not in skip]
+
+
+def read_table(path: Path, what: str) -> pd.DataFrame:
+    """Read a Parquet table, turning missing/corrupt files into an InputError naming the file."""
+    import pandas as pd
+
+    if not Path(path).is_file():
+        raise InputError(f"{path}: {what} not found (run the stage that writes it first)")
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise InputError(f"{path}: cannot read {what} as Parquet ({exc})") from None
+
+
+def _check_columns(flows: pd.DataFrame, needed: list[str], source: str) -> None:
+    missing = [c for c in needed if c not in flows.columns]
+    if missing:
+        more = f" (and {len(missing) - 8} more)" if len(missing) > 8 else ""
+        raise InputError(
+            f"{source}: missing column(s) {missing[:8]}{more}; is features.n_packets equal to "
+            f"the flow meter's n_packets?"
+        )
+
+
+def build_features(flows: pd.DataFrame, n_packets: int, label: str, source: str) -> pd.DataFrame:
+    """Feature table of flows: features + label, device_type, device_id, capture_time, capture, flow_id."""
+
+    cols = feature_columns(n_packets)
+    _check_columns(
+        flows, [*cols, label, "device_type", "dev_mac", "start", "capture", "flow_id"], source
+    )
+    out = flows[cols].copy()
+    out[LABEL] = flows[label].astype("string")
+    out["device_type"] = flows["device_type"].astype("string")
+    name = flows["device_name"] if "device_name" in flows.columns else None
+    dev_id = flows["dev_mac"].astype("string")
+    if name is not None:
+        dev_id = name.astype("string").fillna(dev_id)
+    out["device_id"] = dev_id
+    out["capture_time"] = flows["start"].astype("float64")
+    out["capture"] = flows["capture"].astype("string")
+    out["flow_id"] = flows["flow_id"]
+    return out.reset_index(drop=True)
+
+
+def drop_rare_classes(table: pd.DataFrame, min_flows: int) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Drop classes with fewer than ``min_flows`` flows; return the table and {class: flows}."""
+    counts = table[LABEL].value_counts()
+    rare = counts[counts < min_flows]
+    dropped = {str(k): int(v) for k, v in sorted(rare.items())}
+    if dropped:
+        log.warning("dropping %d class(es) with < %d flows: %s", len(dropped), min_flows, dropped)
+    return table[~table[LABEL].isin(list(dropped))].reset_index(drop=True), dropped
+
+
+def split_stratified(
+    table: pd.DataFrame, test_size: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Random split keeping class proportions (the method's split)."""
+    from sklearn.model_selection import train_test_split
+
+    train, test = train_test_split(
+        table, test_size=test_size, stratify=table[LABEL], random_state=seed
+    )
+    return train.sort_index().reset_index(drop=True), test.sort_index().reset_index(drop=True)
+
+
+def split_time(table: pd.DataFrame, test_size: float) -> tuple[pd.DataFrame, pd.DataFrame, float]:
+    """Earlier flows train, the latest ``test_size`` fraction test; returns the cutoff (epoch s)."""
+    ordered = table.sort_values(["capture_time", "capture", "flow_id"], kind="stable")
+    n_test = max(1, round(len(ordered) * test_size))
+    cut = len(ordered) - n_test
+    cutoff = float(ordered["capture_time"].iloc[cut])
+    # Flows that start exactly at the cutoff all go to test, so train is strictly earlier.
+    times = ordered["capture_time"].to_numpy()
+    train = ordered[times < cutoff]
+    test = ordered[times >= cutoff]
+    return train.reset_index(drop=True), test.reset_index(drop=True), cutoff
+
+
+def _norm_proto(values: pd.Series) -> pd.Series:
+    """Protocols as lower-case names whether given as numbers (6) or text ('TCP')."""
+
+    def one(v: Any) -> str:
+        if v is None or (isinstance(v, float) and v != v):
+            return ""
+        try:
+            return _PROTO_NAMES.get(int(v), str(int(v)))
+        except (TypeError, ValueError):
+            return str(v).strip().lower()
+
+    return values.map(one).astype("string")
+
+
+def read_ground_truth(path: Path) -> pd.DataFrame:
+    """Read the attack ground-truth CSV, checking its columns and types."""
+    import pandas as pd
+
+    if not Path(path).is_file():
+        raise InputError(f"{path}: ground-truth CSV not found (dataset.ground_truth)")
+    try:
+        gt = pd.read_csv(path, dtype={"src_ip": str, "dst_ip": str})
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read ground-truth CSV ({exc})") from None
+    missing = [c for c in GROUND_TRUTH_COLUMNS if c not in gt.columns]
+    if missing:
+        raise InputError(
+            f"{path}: missing column(s) {missing}; expected {list(GROUND_TRUTH_COLUMNS)}"
+        )
+    for col in ("src_port", "dst_port", "start", "end"):
+        try:
+            gt[col] = pd.to_numeric(gt[col]).astype("float64")
+        except (TypeError, ValueError):
+            raise InputError(f"{path}: column '{col}' must be numeric") from None
+    bad = gt["end"] < gt["start"]
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0]) + 2  # +1 header, +1 one-based
+        raise InputError(f"{path}: line {row}: end is before start")
+    return gt.reset_index(drop=True)
+
+
+def match_ground_truth(
+    flows: pd.DataFrame, gt: pd.DataFrame, tolerance_s: float = 1.0
+) -> pd.Series:
+    """Index into ``gt`` of the attack each flow belongs to (-1: none).
+
+    A flow matches a ground-truth row when the protocol agrees, the unordered pair of
+    endpoints ip:port is the same (either direction; an empty port in the ground truth matches
+    any port, e.g. a scan) and the time windows overlap (within ``tolerance_s``). When several
+    rows match, the one with the largest time overlap wins (then the earliest row).
+    """
+    import numpy as np
+    import pandas as pd
+
+    f = pd.DataFrame(
+        {
+            "fi": np.arange(len(flows)),
+            "proto": _norm_proto(flows["proto"]),
+            "a_ip": flows["dev_ip"].astype("string"),
+            "a_port": pd.to_numeric(flows["dev_port"]).astype("float64"),
+            "b_ip": flows["peer_ip"].astype("string"),
+            "b_port": pd.to_numeric(flows["peer_port"]).astype("float64"),
+            "f_start": flows["start"].astype("float64"),
+            "f_end": flows["end"].astype("float64"),
+        }
+    )
+    g = pd.DataFrame(
+        {
+            "gi": np.arange(len(gt)),
+            "proto": _norm_proto(gt["proto"]),
+            "s_ip": gt["src_ip"].astype("string").str.strip(),
+            "s_port": gt["src_port"],
+            "d_ip": gt["dst_ip"].astype("string").str.strip(),
+            "d_port": gt["dst_port"],
+            "g_start": gt["start"],
+            "g_end": gt["end"],
+        }
+    )
+    # Join on the unordered IP pair + protocol, then check ports and direction exactly.
+    f["k1"] = np.minimum(f["a_ip"].fillna(""), f["b_ip"].fillna(""))
+    f["k2"] = np.maximum(f["a_ip"].fillna(""), f["b_ip"].fillna(""))
+    g["k1"] = np.minimum(g["s_ip"].fillna(""), g["d_ip"].fillna(""))
+    g["k2"] = np.maximum(g["s_ip"].fillna(""), g["d_ip"].fillna(""))
+    m = f.merge(g, on=["k1", "k2", "proto"], how="inner")
+    result = pd.Series(-1, index=flows.index, dtype="int64")
+    if m.empty:
+        return result
+
+    def port_ok(flow_port: pd.Series, gt_port: pd.Series) -> pd.Series:
+        return gt_port.isna() | (flow_port == gt_port)
+
+    fwd = (
+        (m["a_ip"] == m["s_ip"]) & port_ok(m["a_port"], m["s_port"])
+        & (m["b_ip"] == m["d_ip"]) & port_ok(m["b_port"], m["d_port"])
+    )  # fmt: skip
+    rev = (
+        (m["a_ip"] == m["d_ip"]) & port_ok(m["a_port"], m["d_port"])
+        & (m["b_ip"] == m["s_ip"]) & port_ok(m["b_port"], m["s_port"])
+    )  # fmt: skip
+    overlap = np.minimum(m["f_end"], m["g_end"]) - np.maximum(m["f_start"], m["g_start"])
+    m = m.assign(overlap=overlap)[(fwd | rev).fillna(False) & (overlap >= -tolerance_s)]
+    if m.empty:
+        return result
+    best = m.sort_values(["fi", "overlap", "gi"], ascending=[True, False, True]).drop_duplicates(
+        "fi"
+    )
+    result.iloc[best["fi"].to_numpy()] = best["gi"].to_numpy()
+    return result
+
+
+def empty_malicious(n_packets: int) -> pd.DataFrame:
+    """An empty malicious feature table with the full schema (DVC outs must exist)."""
+    import pandas as pd
+
+    cols: dict[str, Any] = {}
+    for c in feature_columns(n_packets):
+        cols[c] = pd.Series([], dtype="int32" if c.startswith("size_") else "float64")
+    for c in ("label", "device_type", "device_id"):
+        cols[c] = pd.Series([], dtype="string")
+    cols["capture_time"] = pd.Series([], dtype="float64")
+    cols["capture"] = pd.Series([], dtype="string")
+    cols["flow_id"] = pd.Series([], dtype="int64")
+    for c in MALICIOUS_EXTRA:
+        cols[c] = pd.Series([], dtype="string")
+    return pd.DataFrame(cols)
+
+
+def malicious_features(
+    flows: pd.DataFrame, gt: pd.DataFrame | None, cfg: FeaturesConfig, source: str
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Feature table of the malicious captures' flows, labelled with ``attack_type`` where matched."""
+    import pandas as pd
+
+    table = build_features(flows, cfg.n_packets, "device_type", source)
+    stats: dict[str, Any] = {"flows": len(table)}
+    if gt is None or len(table) == 0:
+        for c in MALICIOUS_EXTRA:
+            table[c] = pd.Series([pd.NA] * len(table), dtype="string")
+        stats.update(matched=0, unmatched=len(table), per_attack={})
+        return table, stats
+    idx = match_ground_truth(flows.reset_index(drop=True), gt, cfg.match_tolerance_s).to_numpy()
+    hit = idx >= 0
+    for c, src in zip(MALICIOUS_EXTRA, ("attack_type", "device_type", "device_name"), strict=True):
+        col = pd.Series([pd.NA] * len(table), dtype="string")
+        col[hit] = gt[src].astype("string").to_numpy()[idx[hit]]
+        table[c] = col
+    per_attack = table.loc[hit, "attack_type"].value_counts().sort_index()
+    stats.update(
+        matched=int(hit.sum()),
+        unmatched=int((~hit).sum()),
+        per_attack={str(k): int(v) for k, v in per_attack.items()},
+        ground_truth_rows=len(gt),
+        ground_truth_rows_unmatched=int(len(set(range(len(gt))) - set(idx[hit].tolist()))),
+    )
+    return table, stats
+
+
+def _write(table: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(path, index=False)
+    log.info("wrote %s (%d rows)", path, len(table))
+
+
+def _counts(table: pd.DataFrame) -> dict[str, int]:
+    return {str(k): int(v) for k, v in table[LABEL].value_counts().sort_index().items()}
+
+
+def run(
+    cfg: FeaturesConfig, paths: PathsConfig, dataset: DatasetConfig, seed: int, sr: StageRun
+) -> dict[str, Any]:
+    """Features stage: flows -> train/test/malicious feature tables; records the class counts."""
+    flows = read_table(paths.flows, "flow table")
+    log.info("read %d flows from %s", len(flows), paths.flows)
+    table = build_features(flows, cfg.n_packets, cfg.label, str(paths.flows))
+    known = table[table[LABEL].notna()].reset_index(drop=True)
+    log.info(
+        "%d flows of known devices (%d unlabelled skipped)", len(known), len(table) - len(known)
+    )
+    known, dropped = drop_rare_classes(known, cfg.min_flows_per_class)
+    if known[LABEL].nunique() < 2:
+        raise InputError(
+            f"{paths.flows}: fewer than 2 device types with >= {cfg.min_flows_per_class} flows "
+            f"({_counts(known) or 'none'}); nothing to classify"
+        )
+    metrics: dict[str, Any] = {
+        "flows_total": len(flows),
+        "flows_known": int(table[LABEL].notna().sum()),
+        "n_features": len(feature_columns(cfg.n_packets)),
+        "classes": int(known[LABEL].nunique()),
+        "dropped_classes": dropped,
+    }
+    if cfg.split == "stratified":
+        train, test = split_stratified(known, cfg.test_size, seed)
+    else:
+        train, test, cutoff = split_time(known, cfg.test_size)
+        metrics["time_cutoff"] = cutoff
+        # A class first seen after the cutoff cannot be learnt: its test flows are dropped.
+        unseen = sorted(set(test[LABEL]) - set(train[LABEL]))
+        if unseen:
+            log.warning("classes only after the time cutoff (dropped from test): %s", unseen)
+            metrics["test_only_dropped"] = {str(c): int((test[LABEL] == c).sum()) for c in unseen}
+            test = test[~test[LABEL].isin(unseen)].reset_index(drop=True)
+    log.info("split=%s: %d train, %d test flows", cfg.split, len(train), len(test))
+    metrics["train"] = {"flows": len(train), "per_class": _counts(train)}
+    metrics["test"] = {"flows": len(test), "per_class": _counts(test)}
+    _write(train, paths.features_train)
+    _write(test, paths.features_test)
+
+    mal_source = Path(paths.flows_malicious)
+    if mal_source.is_file():
+        mal_flows = read_table(mal_source, "malicious flow table")
+        gt = None
+        if dataset.ground_truth is not None:
+            gt = read_ground_truth(Path(dataset.ground_truth))
+        else:
+            log.warning(
+                "%s exists but dataset.ground_truth is not set: flows left unlabelled", mal_source
+            )
+        mal, mstats = malicious_features(mal_flows, gt, cfg, str(mal_source))
+        log.info(
+            "malicious flows: %d matched ground truth, %d unmatched",
+            mstats["matched"],
+            mstats["unmatched"],
+        )
+    else:
+        log.info("no malicious flow table at %s: writing an empty one", mal_source)
+        mal = empty_malicious(cfg.n_packets)
+        mstats = {"flows": 0, "matched": 0, "unmatched": 0, "per_attack": {}}
+    _write(mal, paths.features_malicious)
+    metrics["malicious"] = mstats
+    sr.log_params({"features": _cfg_dict(cfg), "seed": seed})
+    sr.record(metrics)
+    return metrics
+
+
+def _cfg_dict(cfg: Any) -> dict[str, Any]:
+    from iotwatch.config import to_dict
+
+    return to_dict(cfg)

@@ -1,0 +1,199 @@
+"""The Markdown report: dataset summary, the classifier table laid out like the method's, plots.
+
+It only reads what the other stages recorded (reports/metrics/*.json and figures), so it never
+disagrees with `dvc metrics show` or MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from iotwatch.paths import PathsConfig
+
+if TYPE_CHECKING:
+    from iotwatch.tracking import StageRun
+
+log = logging.getLogger(__name__)
+
+# Display names in the method's table.
+MODEL_NAMES = {
+    "random_forest": "RF",
+    "decision_tree": "DT",
+    "svm": "SVM",
+    "knn": "KNN",
+    "mlp": "ANN (MLP)",
+    "gaussian_nb": "GNB",
+}
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        log.warning("skipping %s: %s", path, exc)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _rel(target: Path, report: Path) -> str:
+    return Path(os.path.relpath(target, report.parent)).as_posix()
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        name = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.extend(_flat(v, name))
+        elif not isinstance(v, list):
+            out.append((name, v))
+    return out
+
+
+def dataset_section(features: dict[str, Any]) -> list[str]:
+    """Markdown lines: flows per class in train/test, dropped classes, malicious flows."""
+    lines = ["## Dataset", ""]
+    train = features.get("train", {}).get("per_class", {})
+    test = features.get("test", {}).get("per_class", {})
+    lines.append(
+        f"{features.get('flows_total', '?')} flows, {features.get('flows_known', '?')} of known "
+        f"devices; {features.get('classes', len(train))} device types, "
+        f"{features.get('n_features', '?')} features per flow."
+    )
+    lines += ["", "| device type | train flows | test flows |", "|---|---:|---:|"]
+    for cls in sorted(set(train) | set(test)):
+        lines.append(f"| {cls} | {train.get(cls, 0)} | {test.get(cls, 0)} |")
+    lines.append(f"| **total** | {sum(train.values())} | {sum(test.values())} |")
+    dropped = features.get("dropped_classes") or {}
+    if dropped:
+        lines += [
+            "",
+            "Dropped (too few flows): " + ", ".join(f"{k} ({v})" for k, v in dropped.items()),
+        ]
+    mal = features.get("malicious") or {}
+    if mal.get("flows"):
+        lines += [
+            "",
+            f"Malicious captures: {mal['flows']} flows, {mal.get('matched', 0)} matched the ground "
+            f"truth, {mal.get('unmatched', 0)} unmatched.",
+        ]
+        per = mal.get("per_attack") or {}
+        if per:
+            lines += ["", "| attack type | flows |", "|---|---:|"]
+            lines += [f"| {k} | {v} |" for k, v in per.items()]
+    return lines + [""]
+
+
+def classifier_section(classify: dict[str, Any], paths: PathsConfig) -> list[str]:
+    """Markdown lines: the model table, the best model's per-class report and confusion matrix."""
+    from iotwatch.classify import BEST_KEY, metrics_table
+
+    models = metrics_table(classify)
+    lines = [
+        "## Device-type recognition",
+        "",
+        "| model | accuracy | micro precision | micro recall | micro F1 | macro F1 | fit time (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in models:
+        lines.append(
+            f"| {MODEL_NAMES.get(name, name)} | {_fmt(m.get('accuracy'))} | "
+            f"{_fmt(m.get('precision_micro'))} | {_fmt(m.get('recall_micro'))} | "
+            f"{_fmt(m.get('f1_micro'))} | {_fmt(m.get('f1_macro'))} | {_fmt(m.get('fit_seconds'), 2)} |"
+        )
+    best = (classify.get(BEST_KEY) or {}).get("name")
+    if best is None and models:
+        best = max(models, key=lambda nm: nm[1].get("accuracy", 0))[0]
+    if best and best in classify:
+        lines += [
+            "",
+            f"Best model: **{MODEL_NAMES.get(best, best)}** (`{best}`), saved to `{paths.classifier}`.",
+            "",
+        ]
+        per = classify[best].get("per_class") or {}
+        if per:
+            lines += [
+                "| device type | precision | recall | F1 | support |",
+                "|---|---:|---:|---:|---:|",
+            ]
+            for cls, r in per.items():
+                lines.append(
+                    f"| {cls} | {_fmt(r.get('precision'))} | {_fmt(r.get('recall'))} | "
+                    f"{_fmt(r.get('f1'))} | {r.get('support', '')} |"
+                )
+    report = Path(paths.report)
+    pics = [(n, Path(paths.figures_dir) / f"confusion_{n}.png") for n, _ in models]
+    pics = [(n, p) for n, p in pics if p.is_file()]
+    if pics:
+        lines += ["", "### Confusion matrices", ""]
+        lines += [f"![{n}]({_rel(p, report)})" for n, p in pics]
+    return lines + [""]
+
+
+def build_report(paths: PathsConfig, exclude: str = "report") -> tuple[str, dict[str, Any]]:
+    """Markdown text of the report and its summary numbers, from metrics files and figures."""
+    metrics_dir = Path(paths.metrics_dir)
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(metrics_dir.glob("*.json")) if metrics_dir.is_dir() else []:
+        if path.stem == exclude:
+            continue
+        data = _load(path)
+        if data is not None:
+            found[path.stem] = data
+    lines = ["# iotwatch report", ""]
+    summary: dict[str, Any] = {"metrics_files": len(found)}
+    if "features" in found:
+        lines += dataset_section(found["features"])
+    tsne = Path(paths.figures_dir) / "tsne.png"
+    if tsne.is_file():
+        t = found.get("tsne", {})
+        lines += [
+            "## t-SNE of the test flows",
+            "",
+            f"log1p + standardised features; {t.get('points', '?')} points, "
+            f"KL divergence {_fmt(t.get('kl_divergence'), 3)}.",
+            "",
+            f"![t-SNE]({_rel(tsne, Path(paths.report))})",
+            "",
+        ]
+    if "classify" in found:
+        from iotwatch.classify import BEST_KEY, metrics_table
+
+        lines += classifier_section(found["classify"], paths)
+        summary["models"] = len(metrics_table(found["classify"]))
+        best = found["classify"].get(BEST_KEY) or {}
+        if "accuracy" in best:
+            summary["best_accuracy"] = best["accuracy"]
+    others = [k for k in found if k not in ("features", "tsne", "classify")]
+    for stage in others:
+        lines += [f"## {stage}", "", "| metric | value |", "|---|---:|"]
+        rows = _flat(found[stage])
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in rows[:60]]
+        if len(rows) > 60:
+            lines.append(f"| … | {len(rows) - 60} more in `{metrics_dir / (stage + '.json')}` |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n", summary
+
+
+def run_report(paths: PathsConfig, sr: StageRun) -> dict[str, Any]:
+    """Report stage: writes paths.report (Markdown) and logs it as an MLflow artifact."""
+    text, summary = build_report(paths, exclude=sr.stage)
+    out = Path(paths.report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    log.info("wrote %s (%d lines)", out, text.count("\n"))
+    sr.record(summary)
+    sr.log_artifact(out)
+    return summary
