@@ -274,10 +274,10 @@ def decode_frames(
         idx = idx[fits]
         base = data[idx] + l3[idx]
         rows = g.rows(base, 20)
-        r64 = rows.astype(np.int64)
-        ver = r64[:, 0] >> 4
-        ihl = (r64[:, 0] & 15) * 4
-        tot = r64[:, 2] << 8 | r64[:, 3]
+        b0 = rows[:, 0].astype(np.int64)
+        ver = b0 >> 4
+        ihl = (b0 & 15) * 4
+        tot = rows[:, 2].astype(np.int64) << 8 | rows[:, 3]
         # TSO/GSO captures write total length 0: fall back to what the frame says.
         tot = np.where(tot == 0, orig[idx] - l3[idx], tot)
         bad = (ver != 4) | (ihl < 20) | (tot < ihl)
@@ -285,11 +285,12 @@ def decode_frames(
         reason[idx[bad]] = BAD_HEADER
         reason[idx[cut]] = TRUNCATED
         good = ~bad & ~cut
-        idx, rows, r64, ihl, tot = idx[good], rows[good], r64[good], ihl[good], tot[good]
-        frag = r64[:, 6] << 8 | r64[:, 7]
+        if not good.all():
+            idx, rows, ihl, tot = idx[good], rows[good], ihl[good], tot[good]
+        frag = rows[:, 6].astype(np.int64) << 8 | rows[:, 7]
         ip_len[idx] = tot
         out["ip_version"][idx] = 4
-        nh[idx] = r64[:, 9]
+        nh[idx] = rows[:, 9]
         addrs = be_words(rows[:, 12:20], ">u4").astype(np.uint64)
         out["src_ip_lo"][idx] = IPV4_MAPPED | addrs[:, 0]
         out["dst_ip_lo"][idx] = IPV4_MAPPED | addrs[:, 1]
@@ -356,12 +357,13 @@ def decode_frames(
         cut = claimed & (l4[idx] + need > cap[idx])
         reason[idx[cut]] = TRUNCATED
         idx = idx[claimed & ~cut]
-        rows = g.rows(data[idx] + l4[idx], 14).astype(np.int64)
-        out["sport"][idx] = rows[:, 0] << 8 | rows[:, 1]
-        out["dport"][idx] = rows[:, 2] << 8 | rows[:, 3]
+        rows = g.rows(data[idx] + l4[idx], 14 if proto == 6 else 4)
+        words = be_words(rows[:, 0:4], ">u2")
+        out["sport"][idx] = words[:, 0]
+        out["dport"][idx] = words[:, 1]
         if proto == 6:
             out["tcp_flags"][idx] = rows[:, 13]
-            l4hdr[idx] = (rows[:, 12] >> 4) * 4
+            l4hdr[idx] = (rows[:, 12] >> 4).astype(np.int64) * 4
         else:
             l4hdr[idx] = 8
     out["proto"][:] = nh

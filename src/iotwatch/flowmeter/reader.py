@@ -93,6 +93,9 @@ class _Source:
     def advance(self, pos: int) -> None:
         """Drop the first ``pos`` bytes and load more (no-op for a fully mapped file)."""
 
+    def release(self, pos: int) -> None:
+        """The bytes before ``pos`` will not be read again."""
+
     def close(self) -> None:
         """Release the file."""
 
@@ -105,6 +108,16 @@ class _MappedSource(_Source):
             self.data.madvise(mmap.MADV_SEQUENTIAL)
         self.buf = np.frombuffer(self.data, np.uint8)
         self.size = size
+        self.released = 0
+
+    def release(self, pos: int) -> None:
+        # Drop consumed pages from our mapping so resident memory stays flat on huge files
+        # (they are clean file pages: the kernel rereads them if ever touched again).
+        upto = pos - pos % mmap.PAGESIZE
+        if upto - self.released >= 64 * mmap.PAGESIZE and hasattr(mmap, "MADV_DONTNEED"):
+            with contextlib.suppress(OSError, ValueError):
+                self.data.madvise(mmap.MADV_DONTNEED, self.released, upto - self.released)
+            self.released = upto
 
     def close(self) -> None:
         self.buf = np.zeros(0, np.uint8)
@@ -206,6 +219,7 @@ def _read_file(
             records, pos, status = parser.walk(src.data, pos, len(src.buf), chunk_packets)
             if records is not None:
                 batch = parser.decode(src, records, file_index)
+                src.release(pos)
                 if batch is not None:
                     yield batch
             if progress is not None:
@@ -321,15 +335,12 @@ class _PcapParser:
         offs: list[int] = []
         app = offs.append
         incl_at = self.incl_at
-        max_len = self.max_len
         status = _FULL
+        # The record-length bound is checked afterwards, vectorised (``_check_lengths``): a
+        # garbage length that still fits in the file only costs walking a few garbage records.
         try:
             for _ in range(limit):
-                incl = incl_at(data, pos + 8)[0]
-                if incl > max_len:
-                    status = _STOP
-                    break
-                nxt = pos + 16 + incl
+                nxt = pos + 16 + incl_at(data, pos + 8)[0]
                 if nxt > end:
                     status = _MORE
                     break
@@ -340,18 +351,35 @@ class _PcapParser:
                     status = _MORE
         except struct.error:  # fewer than 12 bytes left
             status = _MORE
-        if status == _STOP:
-            _issue(
-                self.stats,
-                self.name,
-                pos,
-                f"absurd record length {incl} (bound {max_len}): stopped reading this file",
-            )
-        return (offs or None), pos, status
+        if status == _MORE and end - pos >= 12:
+            incl = incl_at(data, pos + 8)[0]
+            if incl > self.max_len:
+                status = _STOP
+                self._absurd(pos, incl)
+        if offs:
+            start = np.array(offs, np.int64)
+            incl = dec.be_words(
+                dec.Gather(np.frombuffer(data, np.uint8)).rows(start + 8, 4), self.endian + "u4"
+            )[:, 0]
+            bad = np.flatnonzero(incl > self.max_len)
+            if len(bad):
+                first = int(bad[0])
+                pos = int(start[first])
+                self._absurd(pos, int(incl[first]))
+                return (start[:first] if first else None), pos, _STOP
+            return start, pos, status
+        return None, pos, status
 
-    def decode(self, src: _Source, offs: list[int], file_index: int) -> PacketBatch | None:
-        """Decode the records that start at ``offs``."""
-        start = np.array(offs, np.int64)
+    def _absurd(self, pos: int, incl: int) -> None:
+        _issue(
+            self.stats,
+            self.name,
+            pos,
+            f"absurd record length {incl} (bound {self.max_len}): stopped reading this file",
+        )
+
+    def decode(self, src: _Source, start: np.ndarray, file_index: int) -> PacketBatch | None:
+        """Decode the records that start at ``start``."""
         g = dec.Gather(src.buf)
         hdr = dec.be_words(g.rows(start, 16), self.endian + "u4").astype(np.int64)
         ts = hdr[:, 0] * 1_000_000_000 + hdr[:, 1] * self.frac_ns
