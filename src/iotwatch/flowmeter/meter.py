@@ -662,13 +662,9 @@ def meter_captures(
     try:
         for i, path in enumerate(paths):
             meter = FlowMeter(config)
-            pos = 0
-            for batch in read([path], stats, chunk_packets=chunk_packets):
+            tick = bar.update if bar is not None else None
+            for batch in read([path], stats, chunk_packets=chunk_packets, progress=tick):
                 meter.feed(batch)
-                if bar is not None and len(batch):
-                    new = min(int(batch.offset[-1]), path.stat().st_size)
-                    bar.update(max(new - pos, 0))
-                    pos = max(pos, new)
             flows, feats = meter.finish()
             late += meter.late
             flows["file"] = np.full(len(flows["seq0"]), i, np.int64)
