@@ -168,8 +168,10 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[st
         y_true, y_pred, average="macro", labels=labels, zero_division=0
     )
     pc, rc, fc, sc = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    from iotwatch.features import metric_key
+
     per_class = {
-        lab: {
+        metric_key(lab): {
             "precision": float(pc[i]),
             "recall": float(rc[i]),
             "f1": float(fc[i]),
@@ -443,4 +445,3 @@ def run(cfg: ClassifyConfig, paths: PathsConfig, seed: int, sr: StageRun) -> dic
 def metrics_table(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The model entries of classify.json in order (skipping ``best_model``)."""
     return [(k, v) for k, v in metrics.items() if k != BEST_KEY and isinstance(v, dict)]
-

@@ -10,6 +10,7 @@ split of a time series has), and labels the flows of malicious captures from a g
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -60,6 +61,13 @@ class FeaturesConfig:
             )
         if self.match_tolerance_s < 0:
             raise ValueError(f"match_tolerance_s must be >= 0, got {self.match_tolerance_s}")
+
+
+def metric_key(name: Any) -> str:
+    """A class/attack name usable as an MLflow metric-name part (same text in the JSON files)."""
+    # MLflow accepts only [\w.\- :] between slashes; a '/' in a name would nest it wrongly.
+    key = re.sub(r"[^\w.\- :]", "_", str(name)).strip()
+    return key if key not in ("", ".", "..") else f"_{key}_"
 
 
 def feature_columns(n: int) -> list[str]:
@@ -131,7 +139,7 @@ def drop_rare_classes(table: pd.DataFrame, min_flows: int) -> tuple[pd.DataFrame
     """Drop classes with fewer than ``min_flows`` flows; return the table and {class: flows}."""
     counts = table[LABEL].value_counts()
     rare = counts[counts < min_flows]
-    dropped = {str(k): int(v) for k, v in sorted(rare.items())}
+    dropped = {metric_key(k): int(v) for k, v in sorted(rare.items())}
     if dropped:
         log.warning("dropping %d class(es) with < %d flows: %s", len(dropped), min_flows, dropped)
     return table[~table[LABEL].isin(list(dropped))].reset_index(drop=True), dropped
@@ -312,7 +320,7 @@ def malicious_features(
     stats.update(
         matched=int(hit.sum()),
         unmatched=int((~hit).sum()),
-        per_attack={str(k): int(v) for k, v in per_attack.items()},
+        per_attack={metric_key(k): int(v) for k, v in per_attack.items()},
         ground_truth_rows=len(gt),
         ground_truth_rows_unmatched=int(len(set(range(len(gt))) - set(idx[hit].tolist()))),
     )
@@ -326,7 +334,7 @@ def _write(table: pd.DataFrame, path: Path) -> None:
 
 
 def _counts(table: pd.DataFrame) -> dict[str, int]:
-    return {str(k): int(v) for k, v in table[LABEL].value_counts().sort_index().items()}
+    return {metric_key(k): int(v) for k, v in table[LABEL].value_counts().sort_index().items()}
 
 
 def run(
@@ -362,7 +370,9 @@ def run(
         unseen = sorted(set(test[LABEL]) - set(train[LABEL]))
         if unseen:
             log.warning("classes only after the time cutoff (dropped from test): %s", unseen)
-            metrics["test_only_dropped"] = {str(c): int((test[LABEL] == c).sum()) for c in unseen}
+            metrics["test_only_dropped"] = {
+                metric_key(c): int((test[LABEL] == c).sum()) for c in unseen
+            }
             test = test[~test[LABEL].isin(unseen)].reset_index(drop=True)
     log.info("split=%s: %d train, %d test flows", cfg.split, len(train), len(test))
     metrics["train"] = {"flows": len(train), "per_class": _counts(train)}

@@ -32,7 +32,9 @@ def make_flows(
     classes = classes or CLASSES
     rows = []
     fid = 0
-    for ci, (dtype, (ms, mr, mi)) in enumerate(list(classes.items()) + [("", (500.0, 500.0, 1.0))] * (unknown > 0)):
+    for ci, (dtype, (ms, mr, mi)) in enumerate(
+        list(classes.items()) + [("", (500.0, 500.0, 1.0))] * (unknown > 0)
+    ):
         count = unknown if dtype == "" else per_class
         for j in range(count):
             start = t0 + rng.uniform(0, 86400 * 3)

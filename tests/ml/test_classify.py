@@ -28,7 +28,14 @@ REPO = Path(__file__).resolve().parents[2]
 def test_conf_files_load(name) -> None:
     data = yaml.safe_load((REPO / "conf/classify" / f"{name}.yaml").read_text())
     cfg = from_dict(ClassifyConfig, data, "classify")
-    assert list(cfg.models) == ["random_forest", "decision_tree", "svm", "knn", "mlp", "gaussian_nb"]
+    assert list(cfg.models) == [
+        "random_forest",
+        "decision_tree",
+        "svm",
+        "knn",
+        "mlp",
+        "gaussian_nb",
+    ]
     for model, mcfg in cfg.models.items():
         make_pipeline(model, mcfg, seed=0)  # every configured parameter is accepted
 
@@ -41,7 +48,10 @@ def test_conf_files_load(name) -> None:
         ({"models": {"svm": {"enabld": True}}}, r"classify\.models\.svm: unknown key"),
         ({"models": {"svm": {}}, "optuna": {"cv_folds": 1}}, r"cv_folds"),
         (
-            {"models": {"svm": {}}, "optuna": {"search_spaces": {"svm": {"C": {"type": "loguniform"}}}}},
+            {
+                "models": {"svm": {}},
+                "optuna": {"search_spaces": {"svm": {"C": {"type": "loguniform"}}}},
+            },
             r"search_spaces\.svm\.C: type",
         ),
     ],
@@ -60,7 +70,11 @@ def test_bad_estimator_param_is_config_error() -> None:
 def test_pipeline_steps_and_seed() -> None:
     cfg = from_dict(
         ClassifyConfig,
-        {"models": {"mlp": {"log1p": True, "scale": True, "params": {"hidden_layer_sizes": "8,4"}}}},
+        {
+            "models": {
+                "mlp": {"log1p": True, "scale": True, "params": {"hidden_layer_sizes": "8,4"}}
+            }
+        },
     )
     pipe = make_pipeline("mlp", cfg.models["mlp"], seed=7)
     assert [s for s, _ in pipe.steps] == ["log1p", "scale", "model"]
@@ -73,7 +87,12 @@ def test_scores_micro_equals_accuracy_single_label() -> None:
     p = np.array(["a", "b", "b", "c"])
     s = scores(y, p, ["a", "b", "c"])
     assert s["accuracy"] == s["precision_micro"] == s["recall_micro"] == s["f1_micro"] == 0.75
-    assert s["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    assert s["per_class"]["a"] == {
+        "precision": 1.0,
+        "recall": 0.5,
+        "f1": pytest.approx(2 / 3),
+        "support": 2,
+    }
 
 
 def _fitted(kind: str):
@@ -95,7 +114,11 @@ def test_skops_round_trip(tmp_path, kind) -> None:
     path = tmp_path / "m.skops"
     save_classifier(ClassifierBundle(pipe, ["a", "b", "c"], list(x.columns), kind), path)
     back = load_classifier(path)
-    assert back.name == kind and back.labels == ["a", "b", "c"] and back.feature_columns == ["f1", "f2", "f3"]
+    assert (
+        back.name == kind
+        and back.labels == ["a", "b", "c"]
+        and back.feature_columns == ["f1", "f2", "f3"]
+    )
     assert (back.model.predict(x) == pipe.predict(x)).all()
 
 

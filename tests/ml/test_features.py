@@ -100,11 +100,15 @@ def _flow(**kw):
 
 
 def test_match_ground_truth_directions_ports_and_time() -> None:
-    gt = pd.DataFrame([_gt_row(), _gt_row(attack_type="flood", src_port=np.nan, start=500.0, end=600.0)])
+    gt = pd.DataFrame(
+        [_gt_row(), _gt_row(attack_type="flood", src_port=np.nan, start=500.0, end=600.0)]
+    )
     flows = pd.DataFrame(
         [
             _flow(),  # device is the destination: reversed endpoints still match
-            _flow(dev_ip="10.0.0.66", dev_port=5555, peer_ip="192.168.1.10", peer_port=80),  # same order
+            _flow(
+                dev_ip="10.0.0.66", dev_port=5555, peer_ip="192.168.1.10", peer_port=80
+            ),  # same order
             _flow(start=300.0, end=310.0),  # no time overlap
             _flow(dev_port=81),  # other port
             _flow(proto=17),  # other protocol
@@ -117,7 +121,9 @@ def test_match_ground_truth_directions_ports_and_time() -> None:
 
 
 def test_match_prefers_largest_overlap() -> None:
-    gt = pd.DataFrame([_gt_row(start=0.0, end=151.0), _gt_row(attack_type="b", start=152.0, end=400.0)])
+    gt = pd.DataFrame(
+        [_gt_row(start=0.0, end=151.0), _gt_row(attack_type="b", start=152.0, end=400.0)]
+    )
     assert match_ground_truth(pd.DataFrame([_flow()]), gt).tolist() == [1]
 
 
@@ -147,8 +153,16 @@ def test_run_writes_tables_and_malicious(tmp_path, paths, flows_factory) -> None
     gt_path = tmp_path / "gt.csv"
     r = mal.iloc[0]
     pd.DataFrame(
-        [_gt_row(src_ip=r["peer_ip"], src_port=r["peer_port"], dst_ip=r["dev_ip"], dst_port=r["dev_port"],
-                 start=r["start"] - 1, end=r["end"] + 1)]  # fmt: skip
+        [
+            _gt_row(
+                src_ip=r["peer_ip"],
+                src_port=r["peer_port"],
+                dst_ip=r["dev_ip"],
+                dst_port=r["dev_port"],
+                start=r["start"] - 1,
+                end=r["end"] + 1,
+            )
+        ]  # fmt: skip
     ).to_csv(gt_path, index=False)
     sr = StageRun("features", paths.metrics_dir, None)
     m = run(FeaturesConfig(), paths, DatasetConfig(ground_truth=gt_path), 0, sr)

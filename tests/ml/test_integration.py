@@ -32,7 +32,9 @@ def _strip_timings(d):
 def test_end_to_end(tmp_path, paths, flows_factory) -> None:
     import mlflow
 
-    tcfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art"))
+    tcfg = TrackingConfig(
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", artifact_root=str(tmp_path / "art")
+    )
     paths.flows.parent.mkdir(parents=True)
     flows_factory(per_class=40, seed=1).to_parquet(paths.flows)
     ccfg = from_dict(ClassifyConfig, yaml.safe_load((REPO / "conf/classify/tiny.yaml").read_text()))
@@ -63,11 +65,15 @@ def test_end_to_end(tmp_path, paths, flows_factory) -> None:
     # nested MLflow runs: one per model, Optuna trials nested inside the tuned models
     client = mlflow.MlflowClient(tracking_uri=tcfg.tracking_uri)
     exp = client.get_experiment_by_name("iotwatch/classify")
-    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{classify_run}'")
+    children = client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{classify_run}'"
+    )
     assert sorted(r.info.run_name for r in children) == sorted(models)
     knn = next(r for r in children if r.info.run_name == "knn")
     assert knn.data.metrics["accuracy"] == saved["knn"]["accuracy"]
-    trials = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{knn.info.run_id}'")
+    trials = client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{knn.info.run_id}'"
+    )
     assert len(trials) == 2 and all("cv_accuracy" in r.data.metrics for r in trials)
 
     # same seed -> same metrics
@@ -79,7 +85,10 @@ def test_end_to_end(tmp_path, paths, flows_factory) -> None:
         summary = run_report(paths, sr)
     text = paths.report.read_text()
     assert summary["models"] == 6
-    assert "| model | accuracy | micro precision | micro recall | micro F1 | macro F1 | fit time (s) |" in text
+    assert (
+        "| model | accuracy | micro precision | micro recall | micro F1 | macro F1 | fit time (s) |"
+        in text
+    )
     assert "![t-SNE](figures/tsne.png)" in text
     assert "figures/confusion_random_forest.png" in text
     assert "| camera |" in text
