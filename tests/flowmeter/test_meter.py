@@ -8,10 +8,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-
-from iotwatch.flowmeter import FlowConfig, feature_columns, load_profile, meter_captures
-from iotwatch.flowmeter._scapy_reader import read_packets_scapy
-from iotwatch.inventory import Device, Inventory
 from tests.flowmeter.handmade import (
     DEV6,
     DEV_IP,
@@ -24,6 +20,10 @@ from tests.flowmeter.handmade import (
     write_pcap,
     write_pcapng_two_ifaces,
 )
+
+from iotwatch.flowmeter import FlowConfig, feature_columns, load_profile, meter_captures
+from iotwatch.flowmeter._scapy_reader import read_packets_scapy
+from iotwatch.inventory import Device, Inventory
 
 A = (DEV_IP, SRV_IP, 40000, 443)  # device -> server
 B = (SRV_IP, DEV_IP, 443, 40000)  # server -> device
@@ -116,7 +116,9 @@ def test_idle_gap_splits(tmp_path: Path) -> None:
 def test_idle_at_end_of_capture(tmp_path: Path) -> None:
     pk = [tcp(T0, *A, "A", 1), udp(T0 + 5, DEV_IP, SRV_IP, 5, 53), tcp(T0 + 900, *B, "A", 1)]
     cfg = dataclasses.replace(FlowConfig(), protocols=["tcp"])
-    r1, r2 = rows(write_pcap(tmp_path / "c.pcap", pk[:1] + [tcp(T0 + 900, SRV_IP, DEV_IP, 80, 9, "A")]), cfg)
+    r1, r2 = rows(
+        write_pcap(tmp_path / "c.pcap", pk[:1] + [tcp(T0 + 900, SRV_IP, DEV_IP, 80, 9, "A")]), cfg
+    )
     assert r1["end_reason"] == "idle" and r2["end_reason"] == "end_of_capture"
 
 
@@ -137,7 +139,10 @@ def test_retransmissions_are_counted(tmp_path: Path) -> None:
 
 
 def test_udp_and_other_protocols(tmp_path: Path) -> None:
-    pk = connection(T0) + [udp(T0 + 1, DEV_IP, "8.8.8.8", 5353, 53), udp(T0 + 2, "8.8.8.8", DEV_IP, 53, 5353)]
+    pk = connection(T0) + [
+        udp(T0 + 1, DEV_IP, "8.8.8.8", 5353, 53),
+        udp(T0 + 2, "8.8.8.8", DEV_IP, 53, 5353),
+    ]
     path = write_pcap(tmp_path / "c.pcap", pk)
     assert len(rows(path)) == 1  # TCP only by default
     cfg = dataclasses.replace(FlowConfig(), protocols=["tcp", "udp"])
@@ -197,7 +202,12 @@ def test_local_networks_decide_direction(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("mode", "sent"),
-    [("ip", [40, 40, 140]), ("frame", [54, 54, 154]), ("captured", [54, 54, 154]), ("payload", [0, 0, 100])],
+    [
+        ("ip", [40, 40, 140]),
+        ("frame", [54, 54, 154]),
+        ("captured", [54, 54, 154]),
+        ("payload", [0, 0, 100]),
+    ],
 )
 def test_size_modes(tmp_path: Path, mode: str, sent: list[int]) -> None:
     cfg = dataclasses.replace(FlowConfig(), size=mode)

@@ -100,7 +100,9 @@ def load_profile(name_or_path: str | Path = "default") -> FlowConfig:
     if not (text.endswith((".yaml", ".yml")) or path.is_file()):
         path = profiles_dir() / f"{text}.yaml"
         if not path.is_file():
-            known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+            known = (
+                sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+            )
             raise ConfigError(f"flow profile '{text}' not found in {path.parent} (known: {known})")
     if not path.is_file():
         raise ConfigError(f"{path}: flow profile file not found")

@@ -332,7 +332,9 @@ class FlowMeter:
         reason = np.full(f, _EOC, np.int8)
         reason[:-1] = np.where(last_in_grp[:-1], _EOC, reason_at[nxt])
         quiet = now - flow["end"]
-        swept = last_in_grp & ((quiet >= self.idle) if cfg.timeout_inclusive else (quiet > self.idle))
+        swept = last_in_grp & (
+            (quiet >= self.idle) if cfg.timeout_inclusive else (quiet > self.idle)
+        )
         reason[swept] = _IDLE
         reason[closed] = _CLOSE
         finished = ~last_in_grp | swept
@@ -384,7 +386,6 @@ class FlowMeter:
         incl = cfg.timeout_inclusive
         span = t[ends - 1] - t0[starts]
         hard = (span >= self.active) if incl else (span > self.active)
-        m = len(t)
         cands = np.empty(0, np.int64)
         c_rst = c_fa = c_fb = None
         if cfg.tcp_close_ends_flow:
