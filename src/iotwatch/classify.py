@@ -374,7 +374,6 @@ def run(cfg: ClassifyConfig, paths: PathsConfig, seed: int, sr: StageRun) -> dic
     """Classify stage: fit/score every enabled model, record classify.json, save the best model."""
     from sklearn.metrics import confusion_matrix
 
-    from iotwatch.config import to_dict
     from iotwatch.features import LABEL
     from iotwatch.viz import plot_confusion
 
@@ -388,7 +387,6 @@ def run(cfg: ClassifyConfig, paths: PathsConfig, seed: int, sr: StageRun) -> dic
         len(cols),
         len(labels),
     )
-    sr.log_params({"seed": seed, "optuna": to_dict(cfg.optuna)})
     results: dict[str, Any] = {}
     fitted: dict[str, tuple[Any, Any]] = {}
     figures = Path(paths.figures_dir)

@@ -402,12 +402,5 @@ def run(
         mstats = {"flows": 0, "matched": 0, "unmatched": 0, "per_attack": {}}
     _write(mal, paths.features_malicious)
     metrics["malicious"] = mstats
-    sr.log_params({"features": _cfg_dict(cfg), "seed": seed})
     sr.record(metrics)
     return metrics
-
-
-def _cfg_dict(cfg: Any) -> dict[str, Any]:
-    from iotwatch.config import to_dict
-
-    return to_dict(cfg)

@@ -158,7 +158,6 @@ def plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) ->
 
 def run_tsne(cfg: TsneConfig, paths: PathsConfig, seed: int, sr: StageRun) -> dict[str, Any]:
     """t-SNE stage: embeds the test features, writes figures_dir/tsne.png, records KL and timing."""
-    from iotwatch.config import to_dict
     from iotwatch.errors import InputError
     from iotwatch.features import LABEL, model_columns, read_table
 
@@ -192,7 +191,6 @@ def run_tsne(cfg: TsneConfig, paths: PathsConfig, seed: int, sr: StageRun) -> di
         "perplexity": perplexity,
         "seconds": seconds,
     }
-    sr.log_params({"tsne": to_dict(cfg), "seed": seed})
     sr.record(metrics)
     sr.log_artifact(out, "figures")
     return metrics
