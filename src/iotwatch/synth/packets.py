@@ -313,15 +313,13 @@ class Tcp:
         gap = mss * 8.0 / (kbps * 1000.0)
         n = len(data)
         last = t
-        k = 0
-        for off in range(0, n, mss):
+        for k, off in enumerate(range(0, n, mss), start=1):
             chunk = data[off : off + mss]
             end = off + mss >= n
             seq0 = self.seq[from_dev]
             self.pkt(t, from_dev, ACK | (PSH if end else 0), chunk)
             if r.u() < cfg.retransmit_prob:  # lost on the far side: same bytes again after RTO
                 self.pkt(t + r.span(cfg.rto_ms) / 1000.0, from_dev, ACK, chunk, seq=seq0)
-            k += 1
             if k % 2 == 0 or end:
                 ta = t + self._delay(not from_dev)
                 self.pkt(ta, not from_dev, ACK)

@@ -1,0 +1,272 @@
+"""Synthesizer tests on the tiny profile: real packets, consistent TCP, exact ground truth."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import struct
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from iotwatch.errors import ConfigError, InputError
+from iotwatch.inventory import read_inventory_csv
+from iotwatch.synth.cli import load_config, main
+from iotwatch.synth.generate import generate
+
+DEVICE_TYPES = {"nest_camera", "dlink_motion_sensor", "tplink_bulb", "tplink_plug"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("tiny")
+    return out, generate(load_config("tiny"), out)
+
+
+def read_pcap(path: Path) -> list[tuple[int, bytes]]:
+    """(timestamp in us, frame) records of a classic microsecond pcap."""
+    data = path.read_bytes()
+    magic, _, _, _, _, _, link = struct.unpack_from("<IHHiIII", data, 0)
+    assert magic == 0xA1B2C3D4 and link == 1
+    off, out = 24, []
+    while off < len(data):
+        sec, usec, incl, orig = struct.unpack_from("<IIII", data, off)
+        assert incl == orig
+        out.append((sec * 1_000_000 + usec, data[off + 16 : off + 16 + incl]))
+        off += 16 + incl
+    return out
+
+
+def sha(d: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(d.rglob("*.pcap"))
+    } | {
+        n: hashlib.sha256((d / n).read_bytes()).hexdigest()
+        for n in ("ground_truth.csv", "inventory.csv")
+    }
+
+
+def all_pcaps(d: Path) -> list[Path]:
+    return sorted((d / "benign").glob("*.pcap")) + sorted((d / "malicious").glob("*.pcap"))
+
+
+def test_layout_and_inventory(tiny: tuple[Path, dict]) -> None:
+    out, m = tiny
+    assert (out / "benign" / "day-00.pcap").is_file()
+    assert {p.stem for p in (out / "malicious").glob("*.pcap")} == DEVICE_TYPES
+    inv = read_inventory_csv(out / "inventory.csv")
+    assert {d.device_type for d in inv.devices} == DEVICE_TYPES
+    assert "192.168.1.1" not in {d.ip for d in inv.devices}  # background hosts are not devices
+    assert json.loads((out / "metrics.json").read_text()) == m
+    for key in ("packets", "bytes", "seconds", "packets_per_s", "flows_per_device",
+                "malicious_flows_per_attack", "malicious_flows_per_device", "stump_accuracy"):  # fmt: skip
+        assert key in m
+    assert m["packets"] == sum(len(read_pcap(p)) for p in all_pcaps(out))
+    for p in all_pcaps(out):  # time order within each file
+        ts = [t for t, _ in read_pcap(p)]
+        assert ts == sorted(ts)
+
+
+def test_checksums_match_scapy(tiny: tuple[Path, dict]) -> None:
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+
+    out, _ = tiny
+    checked = 0
+    for p in all_pcaps(out):
+        recs = read_pcap(p)
+        for _, frame in recs[:: max(1, len(recs) // 400)]:
+            pkt = Ether(frame)
+            ip = pkt[IP]
+            l4 = ip[TCP] if TCP in ip else ip[UDP]
+            ref = Ether(bytes(frame))
+            del ref[IP].chksum
+            del ref[IP].payload.chksum
+            ref = Ether(bytes(ref))
+            assert ip.chksum == ref[IP].chksum
+            assert l4.chksum == ref[IP].payload.chksum
+            checked += 1
+    assert checked > 1000
+
+
+def _tcp_records(p: Path):
+    for ts, f in read_pcap(p):
+        ihl = (f[14] & 0x0F) * 4
+        if f[23] != 6:
+            continue
+        ip_len = struct.unpack_from("!H", f, 16)[0]
+        src, dst = f[26:30], f[30:34]
+        t = 14 + ihl
+        sp, dp, seq, ack, off, flags = struct.unpack_from("!HHIIBB", f, t)
+        plen = ip_len - ihl - (off >> 4) * 4
+        yield ts, (src, sp), (dst, dp), seq, ack, flags, plen
+
+
+def test_tcp_sequence_numbers_consistent(tiny: tuple[Path, dict]) -> None:
+    out, _ = tiny
+    retrans = 0
+    segments = 0
+    for p in all_pcaps(out):
+        nxt: dict[tuple, int] = {}
+        sent_max: dict[tuple, int] = {}
+        for _, a, b, seq, ack, flags, plen in _tcp_records(p):
+            key = (a, b)
+            used = plen + (1 if flags & 0x03 else 0)  # SYN and FIN take one sequence number
+            if key in nxt and not flags & 0x02:
+                diff = (seq - nxt[key]) % 2**32
+                if diff != 0:
+                    assert diff > 2**31, f"seq jumps forward in {p.name}: {a}->{b}"
+                    retrans += 1
+                    continue
+            nxt[key] = (seq + used) % 2**32
+            sent_max[key] = nxt[key]
+            segments += 1
+            rev = (b, a)
+            if flags & 0x10 and rev in sent_max and not flags & 0x04:
+                # an ACK never acknowledges bytes the other side has not sent yet
+                assert (sent_max[rev] - ack) % 2**32 < 2**31
+    assert segments > 5000
+    assert retrans > 0  # the tiny profile raises the retransmission rate so some appear
+
+
+def test_flow_counts_match_flow_meter(tiny: tuple[Path, dict]) -> None:
+    from iotwatch.flowmeter import meter_captures
+    from iotwatch.flowmeter.config import FlowConfig
+
+    out, m = tiny
+    inv = read_inventory_csv(out / "inventory.csv")
+    table = meter_captures(sorted((out / "benign").glob("*.pcap")), FlowConfig(), inv).table
+    counts = table.to_pandas()["device_type"].value_counts().to_dict()
+    assert counts == m["flows_per_device"]
+    for dtype in DEVICE_TYPES:  # a 6-hour evening: tens of flows per device, not 1 nor 10,000
+        assert 20 <= m["flows_per_device"][dtype] <= 400, (dtype, m["flows_per_device"])
+        assert 10 <= m["malicious_flows_per_device"][dtype] <= 200
+
+
+def test_ground_truth_matches_malicious_flows(tiny: tuple[Path, dict]) -> None:
+    from iotwatch.flowmeter import meter_captures
+    from iotwatch.flowmeter.config import FlowConfig
+
+    out, m = tiny
+    inv = read_inventory_csv(out / "inventory.csv")
+    cfg = FlowConfig(protocols=["tcp", "udp"])
+    df = meter_captures(sorted((out / "malicious").glob("*.pcap")), cfg, inv).table.to_pandas()
+    found = {
+        (r.dev_ip, int(r.dev_port), r.peer_ip, int(r.peer_port), round(float(r.start), 3))
+        for r in df.itertuples()
+    }
+    with (out / "ground_truth.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    devices = {d.ip for d in inv.devices}
+    truth = set()
+    per_attack: dict[str, int] = defaultdict(int)
+    for r in rows:
+        assert r["device_type"] in DEVICE_TYPES
+        dev_is_src = r["src_ip"] in devices
+        dev = (r["src_ip"], int(r["src_port"])) if dev_is_src else (r["dst_ip"], int(r["dst_port"]))
+        peer = (
+            (r["dst_ip"], int(r["dst_port"])) if dev_is_src else (r["src_ip"], int(r["src_port"]))
+        )
+        truth.add((*dev, *peer, round(float(r["start"]), 3)))
+        assert float(r["end"]) >= float(r["start"])
+        if r["proto"] == "tcp":
+            per_attack[r["attack_type"]] += 1
+    assert truth == found
+    assert {k: v for k, v in m["malicious_flows_per_attack"].items() if v} == dict(per_attack)
+    assert {"telnet_bruteforce", "telnet_shell", "cnc", "scan", "syn_flood", "http_flood"} <= set(
+        per_attack
+    )
+
+
+def test_same_seed_same_bytes_other_seed_differs(tiny: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = tiny
+    generate(load_config("tiny"), tmp_path / "again")
+    assert sha(tmp_path / "again") == sha(out)
+    generate(load_config("tiny", seed=8), tmp_path / "other")
+    other = sha(tmp_path / "other")
+    assert other["benign/day-00.pcap"] != sha(out)["benign/day-00.pcap"]
+
+
+def test_adding_a_device_leaves_others_unchanged(tmp_path: Path) -> None:
+    base = load_config("tiny", days=0.05)
+    base.attacks.enabled = False
+    one = load_config("tiny", days=0.05)
+    one.attacks.enabled = False
+    one.devices = [d for d in one.devices if d.device_type != "tplink_plug"]
+    generate(base, tmp_path / "a")
+    generate(one, tmp_path / "b")
+    ip = "192.168.1.40"  # the camera's packets are identical with or without the plug
+
+    def cam(d: Path) -> list[tuple[int, bytes]]:
+        packed = bytes(int(x) for x in ip.split("."))
+        return [
+            r
+            for r in read_pcap(d / "benign" / "day-00.pcap")
+            if packed in (r[1][26:30], r[1][30:34])
+        ]
+
+    assert cam(tmp_path / "a") == cam(tmp_path / "b")
+
+
+def test_kasa_local_protocol_is_xor_autokey_json(tiny: tuple[Path, dict]) -> None:
+    out, _ = tiny
+    seen = 0
+    for _, _a, b, _, _, _, plen in _tcp_records(out / "benign" / "day-00.pcap"):
+        if plen and b[1] == 9999:
+            seen += 1
+    assert seen > 0
+    from iotwatch.synth.packets import kasa_tcp
+
+    msg = kasa_tcp({"system": {"get_sysinfo": {}}})
+    key, plain = 171, bytearray()
+    for c in msg[4:]:
+        plain.append(c ^ key)
+        key = c
+    assert json.loads(plain) == {"system": {"get_sysinfo": {}}}
+    assert int.from_bytes(msg[:4], "big") == len(plain)
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"days": 0}, "days"),
+        ({"colour": 1}, "unknown key"),
+        (
+            {
+                "network": {
+                    "gateway": {"mac": "zz", "ip": "192.168.1.1"},
+                    "phone": {"mac": "3c:28:6d:5a:11:42", "ip": "192.168.1.23"},
+                }
+            },
+            "MAC",
+        ),
+        ({"activity_by_hour": [1.0] * 23}, "24"),
+        ({"attacks": {"start_frac": [0.5, 1.5]}}, "start_frac"),
+    ],
+)
+def test_config_errors_are_clean(tmp_path: Path, patch: dict, needle: str) -> None:
+    import yaml
+
+    data = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "conf/synth/tiny.yaml").read_text()
+    )
+    data.update(patch)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=needle):
+        load_config(str(path))
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["--out", str(tmp_path / "o"), "--profile", "tiny", "--days", "0.03", "--quiet",
+               "--metrics", str(tmp_path / "m.json")])  # fmt: skip
+    assert rc == 0
+    assert "packets/s" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m.json").read_text())["packets"] > 0
+    with pytest.raises(ConfigError, match="nosuch"):
+        main(["--out", str(tmp_path / "x"), "--profile", "nosuch"])
+    with pytest.raises(InputError):
+        main(["--out", str(tmp_path / "x"), "--profile", str(tmp_path / "missing.yaml")])
