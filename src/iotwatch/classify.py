@@ -441,5 +441,7 @@ def run(cfg: ClassifyConfig, paths: PathsConfig, seed: int, sr: StageRun) -> dic
 
 
 def metrics_table(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The model entries of classify.json in order (skipping ``best_model``)."""
-    return [(k, v) for k, v in metrics.items() if k != BEST_KEY and isinstance(v, dict)]
+    """The model entries of classify.json (skipping ``best_model``), in the method's table order."""
+    order = {name: i for i, name in enumerate(ESTIMATORS)}
+    rows = [(k, v) for k, v in metrics.items() if k != BEST_KEY and isinstance(v, dict)]
+    return sorted(rows, key=lambda kv: order.get(kv[0], len(order)))

@@ -163,7 +163,8 @@ def build_report(paths: PathsConfig, exclude: str = "report") -> tuple[str, dict
             "## t-SNE of the test flows",
             "",
             f"log1p + standardised features; {t.get('points', '?')} points, "
-            f"KL divergence {_fmt(t.get('kl_divergence'), 3)}.",
+            f"KL divergence {_fmt(t.get('kl_divergence'), 3)}, "
+            f"perplexity {_fmt(t.get('perplexity'), 1)}.",
             "",
             f"![t-SNE]({_rel(tsne, Path(paths.report))})",
             "",

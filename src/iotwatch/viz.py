@@ -9,6 +9,7 @@ standardised per column.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ def stratified_sample(labels: pd.Series, max_points: int, seed: int) -> np.ndarr
 
 
 def embed(x: np.ndarray, cfg: TsneConfig, seed: int) -> tuple[np.ndarray, float, float]:
-    """2-D t-SNE of ``x`` (log1p + standardised); returns (points, KL divergence, perplexity used)."""
+    """2-D t-SNE of ``x`` (log1p + standardised); returns (points, KL divergence or NaN, perplexity)."""
     import numpy as np
     from sklearn.manifold import TSNE
     from sklearn.preprocessing import StandardScaler
@@ -96,7 +97,9 @@ def embed(x: np.ndarray, cfg: TsneConfig, seed: int) -> tuple[np.ndarray, float,
         random_state=seed,
     )
     points = tsne.fit_transform(x)
-    return points, float(tsne.kl_divergence_), perplexity
+    kl = float(tsne.kl_divergence_)
+    # sklearn leaves KL at float max when the optimisation never left the exaggeration phase.
+    return points, (kl if kl < 1e300 else float("nan")), perplexity
 
 
 def plot_tsne(points: np.ndarray, labels: list[str], path: Path, title: str) -> None:
@@ -184,7 +187,7 @@ def run_tsne(cfg: TsneConfig, paths: PathsConfig, seed: int, sr: StageRun) -> di
         points, labels, out, f"t-SNE of test flows ({len(sub)} points, perplexity {perplexity:g})"
     )
     metrics = {
-        "kl_divergence": kl,
+        "kl_divergence": kl if math.isfinite(kl) else None,
         "points": len(sub),
         "test_flows": len(test),
         "classes": len(set(labels)),

@@ -92,3 +92,6 @@ def test_end_to_end(tmp_path, paths, flows_factory) -> None:
     assert "![t-SNE](figures/tsne.png)" in text
     assert "figures/confusion_random_forest.png" in text
     assert "| camera |" in text
+    assert text.index("| RF |") < text.index("| DT |") < text.index("| GNB |")  # method's order
+    kl = json.loads((paths.metrics_dir / "tsne.json").read_text())["kl_divergence"]
+    assert kl is None or kl < 1e6
