@@ -53,6 +53,7 @@ SUPPORTED_LINKTYPES = frozenset(
 ET_IPV4 = 0x0800
 ET_IPV6 = 0x86DD
 ET_PPPOE = 0x8864
+ET_CISCO_DCE = 0x8903
 VLAN_ETHERTYPES = (0x8100, 0x88A8, 0x9100)
 MAX_VLAN_TAGS = 4
 MAX_V6_EXT_HEADERS = 8
@@ -219,8 +220,22 @@ def decode_frames(
     live = etherish & (reason == KEPT)
     for _ in range(MAX_VLAN_TAGS):
         m = live & np.isin(et, VLAN_ETHERTYPES)
+        dce = live & (et == ET_CISCO_DCE)
+        if dce.any():
+            # Cisco FabricPath/DCE (0x8903): 2 bytes + inner MACs, then the next ethertype;
+            # NFStream decodes through it, so do we.
+            idx = np.flatnonzero(dce)
+            fits = l3[idx] + 16 <= cap[idx]
+            reason[idx[~fits]] = TRUNCATED
+            live[idx[~fits]] = False
+            idx = idx[fits]
+            et[idx] = g.be16(data[idx] + l3[idx] + 14)
+            l3[idx] += 16
+            m = live & np.isin(et, VLAN_ETHERTYPES)
         if not m.any():
-            break
+            if not (live & (et == ET_CISCO_DCE)).any():
+                break
+            continue
         idx = np.flatnonzero(m)
         fits = l3[idx] + 4 <= cap[idx]
         reason[idx[~fits]] = TRUNCATED
