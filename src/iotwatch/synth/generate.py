@@ -54,7 +54,7 @@ class Flow:
 class FlowBook:
     """Bidirectional 5-tuple flows, 600 s idle and active timeout, FIN-both or RST closes.
 
-    As in iotwatch.flowmeter: after a close only a pure SYN opens a new flow; later packets of
+    As in iotwatch.flowmeter: each capture file's flows are its own, and after a close only a pure SYN opens a new flow; later packets of
     the closed connection (the last ACK of the FIN handshake) stay in the closed flow.
     """
 
@@ -95,6 +95,11 @@ class FlowBook:
                         f.fin_peer = True
                     if f.fin_dev and f.fin_peer:
                         f.closed = True
+
+    def end_capture(self) -> None:
+        """End every open flow: flows never span two capture files (as in iotwatch.flowmeter)."""
+        self.done.extend(self.table.values())
+        self.table.clear()
 
     def finish(self) -> list[Flow]:
         """All flows, in start order."""
@@ -205,6 +210,7 @@ def generate(config: SynthConfig, out_dir: Path, progress: bool = False) -> dict
         days = [d] if d < n_days - 1 else sorted(em.buckets)  # the last file takes the tail
         recs = em.pop_sorted(days)
         book.feed(recs)
+        book.end_capture()
         path = out_dir / "benign" / f"day-{d:02d}.pcap"
         w = PcapWriter(path, config.snaplen)
         w.write_records(recs)
