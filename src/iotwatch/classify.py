@@ -389,7 +389,9 @@ def run(cfg: ClassifyConfig, paths: PathsConfig, seed: int, sr: StageRun) -> dic
     )
     results: dict[str, Any] = {}
     fitted: dict[str, tuple[Any, Any]] = {}
-    figures = Path(paths.figures_dir)
+    # Confusion PNGs go with confusion.csv in plots_dir (the classify stage's DVC out;
+    # figures_dir belongs to the tsne stage).
+    plots = Path(paths.plots_dir)
     for name, mcfg in cfg.models.items():
         if not mcfg.enabled:
             continue
@@ -407,7 +409,7 @@ def run(cfg: ClassifyConfig, paths: PathsConfig, seed: int, sr: StageRun) -> dic
             msr.log_params({"scale": mcfg.scale, **used})
             if extra:
                 m["optuna"] = extra
-            png = figures / f"confusion_{name}.png"
+            png = plots / f"confusion_{name}.png"
             cm = confusion_matrix(y_test, pred, labels=labels)
             plot_confusion(cm, labels, png, f"{name}: accuracy {m['accuracy']:.3f}")
             msr.log_metrics(m)

@@ -134,7 +134,7 @@ def classifier_section(classify: dict[str, Any], paths: PathsConfig) -> list[str
                     f"{_fmt(r.get('f1'))} | {r.get('support', '')} |"
                 )
     report = Path(paths.report)
-    pics = [(n, Path(paths.figures_dir) / f"confusion_{n}.png") for n, _ in models]
+    pics = [(n, Path(paths.plots_dir) / f"confusion_{n}.png") for n, _ in models]
     pics = [(n, p) for n, p in pics if p.is_file()]
     if pics:
         lines += ["", "### Confusion matrices", ""]

@@ -53,7 +53,7 @@ def test_end_to_end(tmp_path, paths, flows_factory) -> None:
     for m in models:
         assert set(SCORE_KEYS) <= set(saved[m])
         assert 0.0 <= saved[m]["accuracy"] <= 1.0
-        assert (paths.figures_dir / f"confusion_{m}.png").is_file()
+        assert (paths.plots_dir / f"confusion_{m}.png").is_file()
     # the classes are well separated: the best model must learn them
     assert saved[BEST_KEY]["accuracy"] > 0.9
     assert saved[BEST_KEY]["name"] in models
@@ -90,7 +90,7 @@ def test_end_to_end(tmp_path, paths, flows_factory) -> None:
         in text
     )
     assert "![t-SNE](figures/tsne.png)" in text
-    assert "figures/confusion_random_forest.png" in text
+    assert "plots/confusion_random_forest.png" in text
     assert "| camera |" in text
     assert text.index("| RF |") < text.index("| DT |") < text.index("| GNB |")  # method's order
     kl = json.loads((paths.metrics_dir / "tsne.json").read_text())["kl_divergence"]
