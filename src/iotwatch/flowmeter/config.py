@@ -47,7 +47,7 @@ class FlowConfig:
     # IP fragments after the first carry no ports: ``keep`` them (a flow with ports 0) or ``drop``.
     non_first_fragments: Literal["keep", "drop"] = "keep"
     # Seconds of timestamp disorder absorbed exactly (packets later than that are clamped).
-    reorder_window: float = 10.0
+    reorder_window: float = 2.0
 
     def __post_init__(self) -> None:
         if self.n_packets < 1:

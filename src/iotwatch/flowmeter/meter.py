@@ -219,9 +219,12 @@ class FlowMeter:
                 self.late += int(late.sum())
                 c["t"] = np.maximum(c["t"], self.done_ts)
                 c["t0"] = c["t"]
-        allp = _concat([self.pending, c])
-        order = np.argsort(allp["t"], kind="stable")
-        allp = _take(allp, order)
+        allp = _concat([self.pending, c]) if _size(self.pending) else c
+        del c
+        ts = allp["t"]
+        if len(ts) > 1 and not bool(np.all(ts[1:] >= ts[:-1])):
+            # only disordered input pays for the sort and the copy
+            allp = _take(allp, np.argsort(ts, kind="stable"))
         watermark = int(allp["t"][-1]) - self.window
         cut = int(np.searchsorted(allp["t"], watermark, side="right"))
         if cut == 0:
@@ -459,10 +462,28 @@ class FlowMeter:
 # -- orientation and the table ----------------------------------------------------------------
 
 
-def _ip_text(hi: int, lo: int) -> str:
-    if hi == 0 and (lo >> 32) == 0xFFFF:
-        return str(ipaddress.IPv4Address(lo & 0xFFFF_FFFF))
-    return str(ipaddress.IPv6Address((hi << 64) | lo))
+def _uniq2(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique (hi, lo) pairs: (uniq_hi, uniq_lo, inverse)."""
+    order = np.lexsort((lo, hi))
+    sh, sl = hi[order], lo[order]
+    new = np.ones(len(order), bool)
+    new[1:] = (sh[1:] != sh[:-1]) | (sl[1:] != sl[:-1])
+    inv = np.empty(len(order), np.int64)
+    inv[order] = np.cumsum(new) - 1
+    return sh[new], sl[new], inv
+
+
+def _ip_texts(hi: np.ndarray, lo: np.ndarray) -> list[str]:
+    """Addresses as text (IPv4-mapped ones as dotted quads), one inet_ntop each."""
+    import socket
+
+    out = []
+    for h, v in zip(hi.tolist(), lo.tolist(), strict=True):
+        if h == 0 and (v >> 32) == 0xFFFF:
+            out.append(socket.inet_ntop(socket.AF_INET, (v & 0xFFFF_FFFF).to_bytes(4, "big")))
+        else:
+            out.append(socket.inet_ntop(socket.AF_INET6, ((h << 64) | v).to_bytes(16, "big")))
+    return out
 
 
 def _mac_text(mac: int) -> str | None:
@@ -472,35 +493,61 @@ def _mac_text(mac: int) -> str | None:
     return ":".join(h[i : i + 2] for i in range(0, 12, 2))
 
 
-def _endpoint_info(
+@dataclass
+class _Endpoints:
+    """Per endpoint (both sides stacked): known?, ip/mac text and inventory type/name."""
+
+    known: np.ndarray
+    ip: pa.Array
+    mac: pa.Array
+    dtype: pa.Array
+    name: pa.Array
+
+
+def _endpoints(
     mac: np.ndarray, hi: np.ndarray, lo: np.ndarray, inventory: Inventory | None, nets: list
-) -> tuple[np.ndarray, np.ndarray, pa.Array, pa.Array, pa.Array, pa.Array]:
-    """Per flow endpoint: known?, device index, ip text, mac text, type, name (per unique)."""
-    stacked = np.stack([mac, hi, lo], axis=1) if len(mac) else np.empty((0, 3), np.uint64)
-    uniq, inv = np.unique(stacked, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
-    known, ips, macs, types, names = [], [], [], [], []
-    for um, uh, ul in uniq.tolist():
-        ip = _ip_text(uh, ul)
-        mt = _mac_text(um)
-        dev = inventory.lookup(mac=mt, ip=ip) if inventory is not None else None
-        local = False
-        if nets:
-            addr = ipaddress.ip_address(ip)
-            local = any(addr.version == net.version and addr in net for net in nets)
-        known.append(dev is not None or local)
-        ips.append(ip)
-        macs.append(mt)
-        types.append(dev.device_type if dev else None)
-        names.append(dev.name if dev else None)
-    idx = pa.array(inv, pa.int64())
-    return (
-        np.asarray(known, bool)[inv] if len(uniq) else np.zeros(0, bool),
-        inv,
-        pa.array(ips, pa.string()).take(idx),
-        pa.array(macs, pa.string()).take(idx),
-        pa.array(types, pa.string()).take(idx),
-        pa.array(names, pa.string()).take(idx),
+) -> _Endpoints:
+    """Text and device matches, computed once per unique MAC and per unique IP."""
+    uh, ul, ip_inv = _uniq2(hi, lo)
+    ips = _ip_texts(uh, ul)
+    umac, mac_inv = np.unique(mac, return_inverse=True)
+    macs = [_mac_text(m) for m in umac.tolist()]
+    devices = list(inventory.devices) if inventory is not None else []
+    index = {id(d): i for i, d in enumerate(devices)}
+    dev = np.full(len(mac), -1, np.int64)
+    local = np.zeros(len(mac), bool)
+    if devices:
+        by_mac = np.asarray(
+            [index[id(inventory.by_mac[m])] if m in inventory.by_mac else -1 for m in macs],
+            np.int64,
+        )
+        by_ip = np.asarray(
+            [index[id(inventory.by_ip[i])] if i in inventory.by_ip else -1 for i in ips], np.int64
+        )
+        dm, di = by_mac[mac_inv.reshape(-1)], by_ip[ip_inv]
+        dev = np.where(dm >= 0, dm, di)  # the MAC wins, as in Inventory.lookup
+    if nets:
+        in_net = np.asarray(
+            [any(a.version == n.version and a in n for n in nets)
+             for a in map(ipaddress.ip_address, ips)],
+            bool,
+        )  # fmt: skip
+        local = in_net[ip_inv]
+    take = pa.array(np.maximum(dev, 0), pa.int64())
+    has = pa.array(dev >= 0, pa.bool_())
+    import pyarrow.compute as pc
+
+    def dev_attr(values: list[str]) -> pa.Array:
+        if not devices:
+            return pa.nulls(len(mac), pa.string())
+        return pc.if_else(has, pa.array(values, pa.string()).take(take), None)
+
+    return _Endpoints(
+        known=(dev >= 0) | local,
+        ip=pa.array(ips, pa.string()).take(pa.array(ip_inv, pa.int64())),
+        mac=pa.array(macs, pa.string()).take(pa.array(mac_inv.reshape(-1), pa.int64())),
+        dtype=dev_attr([d.device_type for d in devices]),
+        name=dev_attr([d.name for d in devices]),
     )
 
 
@@ -518,12 +565,19 @@ def build_table(
     ft = {k: v[order] for k, v in feats.items()}
     caps = pa.array(list(captures), pa.string()).take(pa.array(fl["file"], pa.int64()))
     nets = [ipaddress.ip_network(x, strict=False) for x in config.local_networks]
-    ka, _, ip_a, mac_a, type_a, name_a = _endpoint_info(
-        fl["mac_a"], fl["a_hi"], fl["a_lo"], inventory, nets
+    k = len(fl["a_hi"])
+    ep = _endpoints(
+        np.concatenate([fl["mac_a"], fl["mac_b"]]),
+        np.concatenate([fl["a_hi"], fl["b_hi"]]),
+        np.concatenate([fl["a_lo"], fl["b_lo"]]),
+        inventory,
+        nets,
     )
-    kb, _, ip_b, mac_b, type_b, name_b = _endpoint_info(
-        fl["mac_b"], fl["b_hi"], fl["b_lo"], inventory, nets
-    )
+    ka, kb = ep.known[:k], ep.known[k:]
+    ip_a, ip_b = ep.ip[:k], ep.ip[k:]
+    mac_a, mac_b = ep.mac[:k], ep.mac[k:]
+    type_a, type_b = ep.dtype[:k], ep.dtype[k:]
+    name_a, name_b = ep.name[:k], ep.name[k:]
     known = ka != kb
     dev_a = np.where(known, ka, fl["init_a"])
     mask = pa.array(dev_a, pa.bool_())
