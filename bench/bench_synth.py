@@ -14,7 +14,7 @@ from pathlib import Path
 def main() -> int:
     """Generate the default profile once and report the speed."""
     from iotwatch.synth.cli import load_config
-    from iotwatch.synth.generate import generate
+    from iotwatch.synth.dataset import generate
 
     cfg = load_config("default")
     with tempfile.TemporaryDirectory() as tmp:

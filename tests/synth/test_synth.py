@@ -14,7 +14,7 @@ import pytest
 from iotwatch.errors import ConfigError, InputError
 from iotwatch.inventory import read_inventory_csv
 from iotwatch.synth.cli import load_config, main
-from iotwatch.synth.generate import generate
+from iotwatch.synth.dataset import generate
 
 DEVICE_TYPES = {"nest_camera", "dlink_motion_sensor", "tplink_bulb", "tplink_plug"}
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from iotwatch.synth.config import SynthConfig
-    from iotwatch.synth.generate import generate
+    from iotwatch.synth.dataset import generate
 
 __all__ = ["SynthConfig", "generate"]
 
@@ -14,7 +14,7 @@ __all__ = ["SynthConfig", "generate"]
 def __getattr__(name: str) -> Any:
     # lazy: importing the package must not import numpy/sklearn
     if name == "generate":
-        from iotwatch.synth.generate import generate
+        from iotwatch.synth.dataset import generate
 
         return generate
     if name == "SynthConfig":

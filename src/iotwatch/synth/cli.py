@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--quiet", action="store_true", help="no per-day progress")
     args = ap.parse_args(argv)
     cfg = load_config(args.profile, args.seed, args.days)
-    from iotwatch.synth.generate import generate
+    from iotwatch.synth.dataset import generate
 
     m = generate(cfg, args.out, progress=not args.quiet)
     if args.metrics is not None:
