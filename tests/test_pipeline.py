@@ -128,8 +128,8 @@ def test_dvc_repro_then_exp_run_reruns_only_affected_stages(tmp_path: Path) -> N
     # One classifier setting changed through DVC's Hydra composition: classify and report only.
     out = _run(
         ["dvc", "exp", "run", "-S", "experiment=tiny",
-         "-S", "classify.models.knn.params.n_neighbors=3"], work,
+         "-S", "classify.models.knn.params.n_neighbors=7"], work,
     )  # fmt: skip
     assert _ran(out) == {"classify", "report"}, out[-3000:]
     params = yaml.safe_load((work / "params.yaml").read_text())
-    assert params["classify"]["models"]["knn"]["params"]["n_neighbors"] == 3
+    assert params["classify"]["models"]["knn"]["params"]["n_neighbors"] == 7
