@@ -133,3 +133,27 @@ def test_dvc_repro_then_exp_run_reruns_only_affected_stages(tmp_path: Path) -> N
     assert _ran(out) == {"classify", "report"}, out[-3000:]
     params = yaml.safe_load((work / "params.yaml").read_text())
     assert params["classify"]["models"]["knn"]["params"]["n_neighbors"] == 7
+    shown = _run(["dvc", "exp", "show", "--csv"], work)
+    assert "random_forest.accuracy" in shown and "classify.models.knn.params.n_neighbors" in shown
+
+    # Hydra multirun outside DVC, two parallel jobs: each in its own folder, each in MLflow.
+    _run(
+        ["iotwatch", "run", "classify", "-m", "classify.optuna.enabled=false",
+         "classify.models.knn.params.n_neighbors=1,5", "hydra/launcher=joblib",
+         "hydra.launcher.n_jobs=2"], work,
+    )  # fmt: skip
+    jobs = sorted((work / "multirun").glob("*/*/[0-9]"))
+    assert len(jobs) == 2
+    accs = [json.loads((j / "reports/metrics/classify.json").read_text())["knn"]["accuracy"]
+            for j in jobs]  # fmt: skip
+    assert all(0 <= a <= 1 for a in accs)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{work}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["iotwatch/device-recognition"], output_format="list")
+    parents = [r for r in runs if r.info.run_name == "classify" and "mlflow.parentRunId" not in r.data.tags]
+    # dvc repro + dvc exp run + two sweep jobs = 4 classify stage runs, each with nested models
+    assert len(parents) == 4
+    assert all(r.data.tags["git_commit"] != "unknown" for r in parents)
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert {r.info.run_name for r in nested} >= {"random_forest", "gaussian_nb"}
