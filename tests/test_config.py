@@ -32,8 +32,14 @@ class Outer:
 def test_builds_nested_and_coerces() -> None:
     cfg = from_dict(
         Outer,
-        {"n": 5, "mode": "b", "path": "a/b", "items": [1, 2], "inner": {"rate": 2},
-         "table": {"k": {"name": "y"}}},  # fmt: skip
+        {
+            "n": 5,
+            "mode": "b",
+            "path": "a/b",
+            "items": [1, 2],
+            "inner": {"rate": 2},
+            "table": {"k": {"name": "y"}},
+        },  # fmt: skip
     )
     assert cfg.n == 5 and cfg.mode == "b" and cfg.path == Path("a/b")
     assert cfg.inner.rate == 2.0 and isinstance(cfg.inner.rate, float)

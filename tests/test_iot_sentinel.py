@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_iot_sentinel_runs_end_to_end(tmp_path: Path, shared_data) -> None:  # noqa: ANN001
     shared_data("iot-sentinel", "captures")
-    data = yaml.safe_load(compose_params(["dataset=iot_sentinel", "experiment=tiny"], REPO / "conf"))
+    data = yaml.safe_load(
+        compose_params(["dataset=iot_sentinel", "experiment=tiny"], REPO / "conf")
+    )
     for key in ("captures", "inventory"):
         data["dataset"][key] = str(REPO / data["dataset"][key])
     data["paths"] = {k: str(tmp_path / v) for k, v in data["paths"].items()}

@@ -150,8 +150,12 @@ def test_dvc_repro_then_exp_run_reruns_only_affected_stages(tmp_path: Path) -> N
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{work}/mlruns/mlflow.db")
-    runs = mlflow.search_runs(experiment_names=["iotwatch/device-recognition"], output_format="list")
-    parents = [r for r in runs if r.info.run_name == "classify" and "mlflow.parentRunId" not in r.data.tags]
+    runs = mlflow.search_runs(
+        experiment_names=["iotwatch/device-recognition"], output_format="list"
+    )
+    parents = [
+        r for r in runs if r.info.run_name == "classify" and "mlflow.parentRunId" not in r.data.tags
+    ]
     # dvc repro + dvc exp run + two sweep jobs = 4 classify stage runs, each with nested models
     assert len(parents) == 4
     assert all(r.data.tags["git_commit"] != "unknown" for r in parents)

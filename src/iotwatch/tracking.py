@@ -40,9 +40,11 @@ def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
         name = f"{prefix}/{key}" if prefix else str(key)
         if isinstance(value, Mapping):
             out.update(flatten(value, name))
-        elif isinstance(value, bool):
-            out[name] = float(value)
-        elif isinstance(value, (int, float)) and math.isfinite(float(value)):
+        elif (
+            isinstance(value, bool)
+            or isinstance(value, (int, float))
+            and math.isfinite(float(value))
+        ):
             out[name] = float(value)
     return out
 

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from iotwatch.errors import ConfigError
 from iotwatch.pipeline.project import find_conf_dir
 
@@ -63,19 +65,16 @@ def main(argv: list[str]) -> int:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
 
-    from iotwatch.config import section
+    from iotwatch.config import from_dict, section
+    from iotwatch.pipeline.params_cli import compose_params
     from iotwatch.pipeline.stages import params_from_dict, run_stage
     from iotwatch.tracking import TrackingConfig, init_store
 
     conf_dir = find_conf_dir()
-    # Create the MLflow tables once, before parallel workers race on them.
-    from iotwatch.config import from_dict
-    from iotwatch.pipeline.params_cli import compose_params
-
-    import yaml
-
-    base = yaml.safe_load(compose_params([a for a in hydra_args if "," not in a and "=" in a
-                                          and not a.startswith("hydra")], conf_dir))  # fmt: skip
+    # Create the MLflow tables once, before parallel workers race on them; honour a
+    # (non-swept) tracking override such as tracking.tracking_uri=http://server:5000.
+    tracking_overrides = [a for a in hydra_args if a.startswith("tracking.") and "," not in a]
+    base = yaml.safe_load(compose_params(tracking_overrides, conf_dir))
     init_store(from_dict(TrackingConfig, section(base, "tracking"), "tracking"))
 
     def task(cfg: DictConfig) -> float | None:

@@ -47,5 +47,8 @@ def main(argv: list[str]) -> int:
         print(f"{args.out} matches conf/")
         return 0
     args.out.write_text(text, encoding="utf-8")
-    print(f"wrote {args.out}" + (f" (overrides: {' '.join(args.overrides)})" if args.overrides else ""))
+    print(
+        f"wrote {args.out}"
+        + (f" (overrides: {' '.join(args.overrides)})" if args.overrides else "")
+    )
     return 0

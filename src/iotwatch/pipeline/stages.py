@@ -54,7 +54,9 @@ def params_from_dict(data: dict[str, Any], source: str = "params.yaml") -> Param
         raise ConfigError(f"{source}: seed must be an integer, got {seed!r}")
     return Params(
         seed=seed,
-        tracking=from_dict(TrackingConfig, section(data, "tracking", source), f"{source}: tracking"),
+        tracking=from_dict(
+            TrackingConfig, section(data, "tracking", source), f"{source}: tracking"
+        ),
         paths=from_dict(PathsConfig, section(data, "paths", source), f"{source}: paths"),
         dataset=from_dict(DatasetConfig, section(data, "dataset", source), f"{source}: dataset"),
         sections={k: v for k, v in data.items() if isinstance(v, dict)},
