@@ -1,12 +1,25 @@
-"""Vectorised decoding of link/IP/transport headers for one chunk of captured frames.
+"""The reader's hot path: one numba pass per chunk that walks records and decodes every field.
 
-Everything here works on whole chunks with numpy gathers at per-row offsets into the capture
-buffer; no per-packet Python. Every read is gated on the row's captured length, so a frame cut by
-the snap length (or a garbage record) never contributes bytes that belong to the next record.
+``walk`` runs over a uint8 view of the capture bytes (memory-mapped file or decompressed gzip
+window). For each packet record it reads the record header (classic pcap, or pcapng enhanced /
+simple / obsolete packet blocks), decodes the frame (link layer by link type, VLAN / FabricPath /
+PPPoE, IPv4 / IPv6 + extension headers, fragments, TCP / UDP) and appends the kept packets to
+preallocated output columns. It never raises: it stops with a status code and the position it got
+to, and the Python side (``reader``) turns that into issues, skipped counts and batches. Anything
+rare and fiddly (section / interface blocks, damaged blocks) is handed back to Python as an
+``EVENT`` at the block's offset, so the kernel only holds the per-packet work.
+
+Every read is gated on the record's captured length, and a record is only decoded once it lies
+completely inside the buffer, so the kernel never touches bytes outside ``buf`` (numba does no
+bounds checking) nor bytes that belong to the next record.
+
+Types are fixed (uint8 buffer, int64 scalars and tables) so there is exactly one compiled
+signature, cached on disk by ``cache=True`` (``__pycache__`` next to this file).
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 # Skip reasons, in code order (0 means kept).
@@ -54,333 +67,455 @@ ET_IPV4 = 0x0800
 ET_IPV6 = 0x86DD
 ET_PPPOE = 0x8864
 ET_CISCO_DCE = 0x8903
-VLAN_ETHERTYPES = (0x8100, 0x88A8, 0x9100)
+ET_VLAN_Q = 0x8100
+ET_VLAN_AD = 0x88A8
+ET_VLAN_OLD = 0x9100
 MAX_VLAN_TAGS = 4
 MAX_V6_EXT_HEADERS = 8
-IPV4_MAPPED = np.uint64(0xFFFF_0000_0000)
+IPV4_MAPPED = 0xFFFF_0000_0000
+
+MAX_BLOCK = 16 * 1024 * 1024  # pcapng block bound (packet blocks are further checked)
+
+# Walk outcomes (returned with the position reached).
+FULL = 0  # ``limit`` records collected; call again
+MORE = 1  # the next record is not complete in the buffer (needs more data, or the file is cut)
+STOP = 2  # the file cannot be read any further (the Python side records the issue)
+SECTION = 3  # a new pcapng section starts: flush the chunk first (Python side only)
+ABSURD = 4  # classic pcap: the record at ``pos`` has an absurd length (Python reports, stops)
+EVENT = 5  # pcapng: the block at ``pos`` needs Python (SHB, IDB, damaged block)
+
+# pcapng block types.
+BT_SHB = 0x0A0D0D0A
+BT_IDB = 1
+BT_PB = 2
+BT_SPB = 3
+BT_EPB = 6
+
+# Output column layout: one 2-D array per dtype, one row per column, so each column is a
+# contiguous row view (no copy when the batch is built).
+I64_TS, I64_FRAME_LEN, I64_CAP_LEN, I64_IP_LEN, I64_PAYLOAD_LEN, I64_OFFSET = range(6)
+U64_SRC_HI, U64_SRC_LO, U64_DST_HI, U64_DST_LO, U64_SRC_MAC, U64_DST_MAC = range(6)
+I32_VLAN, I32_IFACE, I32_FILE = range(3)
+U16_SPORT, U16_DPORT = range(2)
+U8_VERSION, U8_PROTO, U8_FLAGS, U8_FRAGMENT = range(4)
+N_I64, N_U64, N_I32, N_U16, N_U8 = 6, 6, 3, 2, 4
+
+# ``state`` slots carried between kernel calls for one chunk.
+ST_KEPT, ST_RECORDS, ST_LAST_TS, ST_BAD_BLOCKS, ST_BAD_OFFSET = range(5)
+N_STATE = 5
+
+# Interface table columns (pcapng; one row per interface of the current section).
+IF_LINKTYPE, IF_SNAPLEN, IF_MODE, IF_EXP, IF_FACTOR, IF_OFFSET_S = range(6)
+N_IF = 6
+# Timestamp unit conversions (IF_MODE): ns = units * factor, units // factor, binary fraction
+# with exponent IF_EXP split so it never overflows, or float for huge binary exponents.
+TS_MUL, TS_DIV, TS_POW2, TS_POW2_FLOAT = range(4)
+
+_JIT = {"cache": True, "nogil": True}
 
 
-class Gather:
-    """Bounds-safe byte gathers from one capture buffer (positions are clamped, never raise)."""
-
-    def __init__(self, buf: np.ndarray) -> None:
-        self.buf = buf
-        self.last = max(len(buf) - 1, 0)
-        self._views: dict[int, np.ndarray] = {}
-
-    def u8(self, pos: np.ndarray) -> np.ndarray:
-        """Byte at each position, as int64."""
-        if len(self.buf) == 0:
-            return np.zeros(len(pos), np.int64)
-        return self.buf[np.minimum(pos, self.last)].astype(np.int64)
-
-    def be16(self, pos: np.ndarray) -> np.ndarray:
-        """Big-endian 16-bit value at each position, as int64."""
-        rows = self.rows(pos, 2)
-        return rows[:, 0].astype(np.int64) << 8 | rows[:, 1]
-
-    def rows(self, pos: np.ndarray, width: int) -> np.ndarray:
-        """A (n, width) uint8 copy of the bytes at each position (clamped near the buffer end)."""
-        n = len(self.buf)
-        if n < width:
-            padded = np.zeros(width, np.uint8)
-            padded[:n] = self.buf
-            return np.broadcast_to(padded, (len(pos), width)).copy()
-        view = self._views.get(width)
-        if view is None:
-            # A sliding-window view costs nothing; fancy-indexing its first axis copies `width`
-            # contiguous bytes per row, far cheaper than a (n, width) index matrix.
-            view = np.lib.stride_tricks.as_strided(
-                self.buf, shape=(n - width + 1, width), strides=(1, 1)
-            )
-            self._views[width] = view
-        last = n - width
-        out = view[np.minimum(pos, last)]
-        over = pos > last
-        if over.any():
-            # Rows that run past the buffer end: read them from a zero-padded copy of the tail
-            # (those bytes are never trusted: callers gate every field on the captured length).
-            tail = np.zeros(2 * width, np.uint8)
-            tail[:width] = self.buf[last:]
-            tview = np.lib.stride_tricks.as_strided(tail, shape=(width + 1, width), strides=(1, 1))
-            out[over] = tview[np.minimum(pos[over] - last, width)]
-        return out
+@numba.njit(inline="always", **_JIT)
+def _be16(buf: np.ndarray, p: int) -> int:
+    return (np.int64(buf[p]) << 8) | np.int64(buf[p + 1])
 
 
-def be_words(rows: np.ndarray, dtype: str) -> np.ndarray:
-    """Reinterpret contiguous (n, k) uint8 rows as big-endian words, one column per word."""
-    return np.ascontiguousarray(rows).view(dtype).astype(dtype.replace(">", "="))
+@numba.njit(inline="always", **_JIT)
+def _be32(buf: np.ndarray, p: int) -> int:
+    return (
+        (np.int64(buf[p]) << 24)
+        | (np.int64(buf[p + 1]) << 16)
+        | (np.int64(buf[p + 2]) << 8)
+        | np.int64(buf[p + 3])
+    )
 
 
-def decode_frames(
-    g: Gather,
-    data: np.ndarray,
-    cap: np.ndarray,
-    orig: np.ndarray,
-    linktype: np.ndarray,
-    reason: np.ndarray,
-) -> dict[str, np.ndarray]:
-    """Decode frames starting at ``data`` (absolute buffer offsets); fills ``reason`` in place."""
-    n = len(data)
-    l3 = np.zeros(n, np.int64)
-    et = np.zeros(n, np.int64)
-    vlan = np.full(n, -1, np.int32)
-    src_mac = np.zeros(n, np.uint64)
-    dst_mac = np.zeros(n, np.uint64)
-    # Rows whose link layer carries an ethertype (and so may carry VLAN tags / PPPoE).
-    etherish = np.zeros(n, bool)
+@numba.njit(inline="always", **_JIT)
+def _u32(buf: np.ndarray, p: int, big: int) -> int:
+    """Record-header word in the file's byte order."""
+    if big:
+        return _be32(buf, p)
+    return (
+        np.int64(buf[p])
+        | (np.int64(buf[p + 1]) << 8)
+        | (np.int64(buf[p + 2]) << 16)
+        | (np.int64(buf[p + 3]) << 24)
+    )
 
-    kinds = np.unique(linktype) if n else np.zeros(0, np.int64)
-    for lt in kinds.tolist():
-        m = (linktype == lt) & (reason == KEPT)
-        if not m.any():
-            continue
-        idx = np.flatnonzero(m)
-        d = data[idx]
-        c = cap[idx]
-        if lt == LT_ETHERNET:
-            ok = c >= 14
-            rows = g.rows(d, 14)
-            macs = np.zeros((len(idx), 16), np.uint8)
-            macs[:, 2:8] = rows[:, 0:6]
-            macs[:, 10:16] = rows[:, 6:12]
-            words = be_words(macs, ">u8")
-            dst_mac[idx] = np.where(ok, words[:, 0], 0)
-            src_mac[idx] = np.where(ok, words[:, 1], 0)
-            et[idx] = rows[:, 12].astype(np.int64) << 8 | rows[:, 13]
-            l3[idx] = 14
-            etherish[idx] = True
-        elif lt == LT_SLL:
-            ok = c >= 16
-            rows = g.rows(d, 16)
-            halen = rows[:, 4].astype(np.int64) << 8 | rows[:, 5]
-            mac = np.zeros((len(idx), 8), np.uint8)
-            mac[:, 2:8] = rows[:, 6:12]
-            src_mac[idx] = np.where(ok & (halen == 6), be_words(mac, ">u8")[:, 0], 0)
-            et[idx] = rows[:, 14].astype(np.int64) << 8 | rows[:, 15]
-            l3[idx] = 16
-            etherish[idx] = True
-        elif lt == LT_SLL2:
-            ok = c >= 20
-            rows = g.rows(d, 20)
-            mac = np.zeros((len(idx), 8), np.uint8)
-            mac[:, 2:8] = rows[:, 12:18]
-            src_mac[idx] = np.where(ok & (rows[:, 11] == 6), be_words(mac, ">u8")[:, 0], 0)
-            et[idx] = rows[:, 0].astype(np.int64) << 8 | rows[:, 1]
-            l3[idx] = 20
-            etherish[idx] = True
-        elif lt in (LT_NULL, LT_LOOP):
-            # The family is a 32-bit value in the capturing host's byte order (NULL) or network
-            # order (LOOP); every value we care about is < 256, so it sits in byte 0 or byte 3.
-            ok = c >= 4
-            rows = g.rows(d, 4)
-            fam = np.where(rows[:, 0] != 0, rows[:, 0], rows[:, 3]).astype(np.int64)
-            e = np.zeros(len(idx), np.int64)
-            e[fam == 2] = ET_IPV4
-            e[np.isin(fam, (10, 24, 28, 30))] = ET_IPV6
-            et[idx] = e
-            l3[idx] = 4
-        elif lt in (LT_RAW, LT_RAW_12, LT_RAW_14, LT_IPV4, LT_IPV6):
-            ok = c >= 1
-            ver = g.u8(d) >> 4
-            e = np.where(ver == 4, ET_IPV4, np.where(ver == 6, ET_IPV6, 0))
-            if lt == LT_IPV4:
-                e = np.where(ver == 4, ET_IPV4, 0)
-            elif lt == LT_IPV6:
-                e = np.where(ver == 6, ET_IPV6, 0)
-            et[idx] = e
-            # Raw IP that is not IP is a broken header, not a foreign protocol.
-            bad = ok & (e == 0)
-            reason[idx[bad]] = BAD_HEADER
-            l3[idx] = 0
-        elif lt in (LT_PPP, LT_PPP_HDLC, LT_C_HDLC):
-            ok = c >= 4
-            rows = g.rows(d, 4).astype(np.int64)
-            b0, b1, b2, b3 = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
-            cisco = ((b0 == 0x0F) | (b0 == 0x8F)) & (b1 == 0)
-            hdlc = (b0 == 0xFF) & (b1 == 0x03)
-            # PPP protocol field: after ff 03 when present; 1 byte when odd (compressed).
-            p_first = np.where(hdlc, b2, b0)
-            p_second = np.where(hdlc, b3, b1)
-            p_off = np.where(hdlc, 2, 0)
-            compressed = (p_first & 1) == 1
-            proto = np.where(compressed, p_first, p_first << 8 | p_second)
-            ppp_l3 = p_off + np.where(compressed, 1, 2)
-            e = np.where(proto == 0x21, ET_IPV4, np.where(proto == 0x57, ET_IPV6, 0))
-            e = np.where(cisco, b2 << 8 | b3, e)
-            et[idx] = e
-            l3[idx] = np.where(cisco, 4, ppp_l3)
-            etherish[idx] = cisco
+
+@numba.njit(inline="always", **_JIT)
+def _beu(buf: np.ndarray, p: int, width: int) -> np.uint64:
+    """Big-endian unsigned value of ``width`` (<= 8) bytes, as uint64 (MACs, addresses)."""
+    v = np.uint64(0)
+    for i in range(width):
+        v = (v << np.uint64(8)) | np.uint64(buf[p + i])
+    return v
+
+
+@numba.njit(**_JIT)
+def _units_to_ns(units: np.uint64, ift: np.ndarray, i: int) -> int:
+    """pcapng timestamp units to int64 nanoseconds for interface ``i`` (wrapping like numpy)."""
+    mode = ift[i, IF_MODE]
+    if mode == TS_MUL:
+        ns = units * np.uint64(ift[i, IF_FACTOR])
+    elif mode == TS_DIV:
+        ns = units // np.uint64(ift[i, IF_FACTOR])
+    elif mode == TS_POW2:
+        # Split seconds and fraction so units * 1e9 never overflows 64 bits.
+        e = np.uint64(ift[i, IF_EXP])
+        sec = units >> e
+        frac = units & ((np.uint64(1) << e) - np.uint64(1))
+        ns = sec * np.uint64(1_000_000_000) + ((frac * np.uint64(1_000_000_000)) >> e)
+    else:
+        scale = 1.0
+        for _ in range(ift[i, IF_EXP]):
+            scale *= 2.0
+        ns = np.uint64(np.float64(units) / scale * 1e9)
+    return np.int64(ns) + ift[i, IF_OFFSET_S] * np.int64(1_000_000_000)
+
+
+@numba.njit(**_JIT)
+def _decode_frame(
+    buf: np.ndarray,
+    d: int,
+    c: int,
+    orig: int,
+    lt: int,
+    k: int,
+    i64: np.ndarray,
+    u64: np.ndarray,
+    i32: np.ndarray,
+    u16: np.ndarray,
+    u8: np.ndarray,
+) -> int:
+    """Decode the frame at ``buf[d:d + c]`` into output row ``k``; return its skip reason.
+
+    Row ``k`` is only meaningful when the result is ``KEPT`` (the caller then advances ``k``).
+    """
+    et = 0
+    l3 = 0
+    etherish = False  # the link layer carries an ethertype (so may carry VLAN tags / PPPoE)
+    smac = np.uint64(0)
+    dmac = np.uint64(0)
+    if lt == LT_ETHERNET:
+        if c < 14:
+            return TRUNCATED
+        dmac = _beu(buf, d, 6)
+        smac = _beu(buf, d + 6, 6)
+        et = _be16(buf, d + 12)
+        l3 = 14
+        etherish = True
+    elif lt == LT_SLL:
+        if c < 16:
+            return TRUNCATED
+        if _be16(buf, d + 4) == 6:
+            smac = _beu(buf, d + 6, 6)
+        et = _be16(buf, d + 14)
+        l3 = 16
+        etherish = True
+    elif lt == LT_SLL2:
+        if c < 20:
+            return TRUNCATED
+        if buf[d + 11] == 6:
+            smac = _beu(buf, d + 12, 6)
+        et = _be16(buf, d)
+        l3 = 20
+        etherish = True
+    elif lt in (LT_NULL, LT_LOOP):
+        # The family is a 32-bit value in the capturing host's byte order (NULL) or network
+        # order (LOOP); every value we care about is < 256, so it sits in byte 0 or byte 3.
+        if c < 4:
+            return TRUNCATED
+        fam = np.int64(buf[d])
+        if fam == 0:
+            fam = np.int64(buf[d + 3])
+        if fam == 2:
+            et = ET_IPV4
+        elif fam == 10 or fam == 24 or fam == 28 or fam == 30:
+            et = ET_IPV6
+        l3 = 4
+    elif lt in (LT_RAW, LT_RAW_12, LT_RAW_14, LT_IPV4, LT_IPV6):
+        if c < 1:
+            return TRUNCATED
+        ver = np.int64(buf[d]) >> 4
+        if ver == 4 and lt != LT_IPV6:
+            et = ET_IPV4
+        elif ver == 6 and lt != LT_IPV4:
+            et = ET_IPV6
         else:
-            reason[idx] = UNKNOWN_LINKTYPE
-            continue
-        reason[idx[~ok & (reason[idx] == KEPT)]] = TRUNCATED
+            # Raw IP that is not IP is a broken header, not a foreign protocol.
+            return BAD_HEADER
+    elif lt in (LT_PPP, LT_PPP_HDLC, LT_C_HDLC):
+        if c < 4:
+            return TRUNCATED
+        b0 = np.int64(buf[d])
+        b1 = np.int64(buf[d + 1])
+        b2 = np.int64(buf[d + 2])
+        b3 = np.int64(buf[d + 3])
+        if (b0 == 0x0F or b0 == 0x8F) and b1 == 0:  # Cisco HDLC: address, control, ethertype
+            et = b2 << 8 | b3
+            l3 = 4
+            etherish = True
+        else:
+            # PPP protocol field: after ff 03 when present; 1 byte when odd (compressed).
+            hdlc = b0 == 0xFF and b1 == 0x03
+            p_first = b2 if hdlc else b0
+            p_second = b3 if hdlc else b1
+            l3 = 2 if hdlc else 0
+            if p_first & 1:
+                proto = p_first
+                l3 += 1
+            else:
+                proto = p_first << 8 | p_second
+                l3 += 2
+            if proto == 0x21:
+                et = ET_IPV4
+            elif proto == 0x57:
+                et = ET_IPV6
+    else:
+        return UNKNOWN_LINKTYPE
 
-    # VLAN tags (802.1Q, 802.1ad, old QinQ) and PPPoE sessions after an ethertype.
-    live = etherish & (reason == KEPT)
-    for _ in range(MAX_VLAN_TAGS):
-        m = live & np.isin(et, VLAN_ETHERTYPES)
-        dce = live & (et == ET_CISCO_DCE)
-        if dce.any():
-            # Cisco FabricPath/DCE (0x8903): 2 bytes + inner MACs, then the next ethertype;
-            # NFStream decodes through it, so do we.
-            idx = np.flatnonzero(dce)
-            fits = l3[idx] + 16 <= cap[idx]
-            reason[idx[~fits]] = TRUNCATED
-            live[idx[~fits]] = False
-            idx = idx[fits]
-            et[idx] = g.be16(data[idx] + l3[idx] + 14)
-            l3[idx] += 16
-            m = live & np.isin(et, VLAN_ETHERTYPES)
-        if not m.any():
-            if not (live & (et == ET_CISCO_DCE)).any():
-                break
-            continue
-        idx = np.flatnonzero(m)
-        fits = l3[idx] + 4 <= cap[idx]
-        reason[idx[~fits]] = TRUNCATED
-        live[idx[~fits]] = False
-        idx = idx[fits]
-        rows = g.rows(data[idx] + l3[idx], 4).astype(np.int64)
-        vlan[idx] = (rows[:, 0] << 8 | rows[:, 1]) & 0x0FFF  # innermost tag wins
-        et[idx] = rows[:, 2] << 8 | rows[:, 3]
-        l3[idx] += 4
-    m = live & (et == ET_PPPOE)
-    if m.any():
-        idx = np.flatnonzero(m)
-        fits = l3[idx] + 8 <= cap[idx]
-        reason[idx[~fits]] = TRUNCATED
-        idx = idx[fits]
-        proto = g.be16(data[idx] + l3[idx] + 6)
-        et[idx] = np.where(proto == 0x21, ET_IPV4, np.where(proto == 0x57, ET_IPV6, 0))
-        l3[idx] += 8
+    vlan = -1
+    if etherish:
+        # VLAN tags (802.1Q, 802.1ad, old QinQ; innermost wins) and Cisco FabricPath/DCE
+        # (0x8903: 2 bytes + inner MACs, then the next ethertype; NFStream decodes through it).
+        for _ in range(MAX_VLAN_TAGS):
+            if et == ET_CISCO_DCE:
+                if l3 + 16 > c:
+                    return TRUNCATED
+                et = _be16(buf, d + l3 + 14)
+                l3 += 16
+            if et in (ET_VLAN_Q, ET_VLAN_AD, ET_VLAN_OLD):
+                if l3 + 4 > c:
+                    return TRUNCATED
+                vlan = _be16(buf, d + l3) & 0x0FFF
+                et = _be16(buf, d + l3 + 2)
+                l3 += 4
+        if et == ET_PPPOE:
+            if l3 + 8 > c:
+                return TRUNCATED
+            proto = _be16(buf, d + l3 + 6)
+            et = ET_IPV4 if proto == 0x21 else (ET_IPV6 if proto == 0x57 else 0)
+            l3 += 8
+    if et != ET_IPV4 and et != ET_IPV6:
+        return NON_IP
 
-    reason[(reason == KEPT) & (et != ET_IPV4) & (et != ET_IPV6)] = NON_IP
-
-    out = {
-        "ip_len": np.zeros(n, np.int64),
-        "payload_len": np.zeros(n, np.int64),
-        "ip_version": np.zeros(n, np.uint8),
-        "proto": np.zeros(n, np.uint8),
-        "src_ip_hi": np.zeros(n, np.uint64),
-        "src_ip_lo": np.zeros(n, np.uint64),
-        "dst_ip_hi": np.zeros(n, np.uint64),
-        "dst_ip_lo": np.zeros(n, np.uint64),
-        "sport": np.zeros(n, np.uint16),
-        "dport": np.zeros(n, np.uint16),
-        "tcp_flags": np.zeros(n, np.uint8),
-        "vlan": vlan,
-        "src_mac": src_mac,
-        "dst_mac": dst_mac,
-        "fragment": np.zeros(n, bool),
-    }
-    l4 = np.zeros(n, np.int64)  # transport header offset, relative to the frame start
-    nh = np.zeros(n, np.int64)  # transport protocol
-    ip_len = out["ip_len"]
-    # Rows whose transport header must not be parsed (non-first fragments, ESP, ...).
-    no_l4 = np.zeros(n, bool)
-
-    # IPv4.
-    m = (reason == KEPT) & (et == ET_IPV4)
-    if m.any():
-        idx = np.flatnonzero(m)
-        fits = l3[idx] + 20 <= cap[idx]
-        reason[idx[~fits]] = TRUNCATED
-        idx = idx[fits]
-        base = data[idx] + l3[idx]
-        rows = g.rows(base, 20)
-        b0 = rows[:, 0].astype(np.int64)
-        ver = b0 >> 4
+    base = d + l3
+    fragment = False
+    no_l4 = False  # the transport header must not be parsed (non-first fragments)
+    if et == ET_IPV4:
+        if l3 + 20 > c:
+            return TRUNCATED
+        b0 = np.int64(buf[base])
         ihl = (b0 & 15) * 4
-        tot = rows[:, 2].astype(np.int64) << 8 | rows[:, 3]
-        # TSO/GSO captures write total length 0: fall back to what the frame says.
-        tot = np.where(tot == 0, orig[idx] - l3[idx], tot)
-        bad = (ver != 4) | (ihl < 20) | (tot < ihl)
-        cut = ~bad & (l3[idx] + ihl > cap[idx])
-        reason[idx[bad]] = BAD_HEADER
-        reason[idx[cut]] = TRUNCATED
-        good = ~bad & ~cut
-        if not good.all():
-            idx, rows, ihl, tot = idx[good], rows[good], ihl[good], tot[good]
-        frag = rows[:, 6].astype(np.int64) << 8 | rows[:, 7]
-        ip_len[idx] = tot
-        out["ip_version"][idx] = 4
-        nh[idx] = rows[:, 9]
-        addrs = be_words(rows[:, 12:20], ">u4").astype(np.uint64)
-        out["src_ip_lo"][idx] = IPV4_MAPPED | addrs[:, 0]
-        out["dst_ip_lo"][idx] = IPV4_MAPPED | addrs[:, 1]
-        out["fragment"][idx] = (frag & 0x3FFF) != 0
-        no_l4[idx] = (frag & 0x1FFF) != 0
-        l4[idx] = l3[idx] + ihl
-
-    # IPv6, walking extension headers.
-    m = (reason == KEPT) & (et == ET_IPV6)
-    if m.any():
-        idx = np.flatnonzero(m)
-        fits = l3[idx] + 40 <= cap[idx]
-        reason[idx[~fits]] = TRUNCATED
-        idx = idx[fits]
-        rows = g.rows(data[idx] + l3[idx], 40)
-        ver = rows[:, 0] >> 4
-        bad = ver != 6
-        reason[idx[bad]] = BAD_HEADER
-        idx, rows = idx[~bad], rows[~bad]
-        plen = rows[:, 4].astype(np.int64) << 8 | rows[:, 5]
+        tot = _be16(buf, base + 2)
+        if tot == 0:  # TSO/GSO captures write total length 0: fall back to the frame's word
+            tot = orig - l3
+        if (b0 >> 4) != 4 or ihl < 20 or tot < ihl:
+            return BAD_HEADER
+        if l3 + ihl > c:
+            return TRUNCATED
+        frag = _be16(buf, base + 6)
+        ip_len = tot
+        version = 4
+        nh = np.int64(buf[base + 9])
+        u64[U64_SRC_HI, k] = 0
+        u64[U64_DST_HI, k] = 0
+        u64[U64_SRC_LO, k] = np.uint64(IPV4_MAPPED) | _beu(buf, base + 12, 4)
+        u64[U64_DST_LO, k] = np.uint64(IPV4_MAPPED) | _beu(buf, base + 16, 4)
+        fragment = (frag & 0x3FFF) != 0
+        no_l4 = (frag & 0x1FFF) != 0
+        l4 = l3 + ihl
+    else:
+        if l3 + 40 > c:
+            return TRUNCATED
+        if (np.int64(buf[base]) >> 4) != 6:
+            return BAD_HEADER
+        plen = _be16(buf, base + 4)
         # Payload length 0 means a jumbogram (or TSO): take the frame's word for it.
-        ip_len[idx] = np.where(plen == 0, orig[idx] - l3[idx], 40 + plen)
-        out["ip_version"][idx] = 6
-        nh[idx] = rows[:, 6]
-        addrs = be_words(rows[:, 8:40], ">u8")
-        out["src_ip_hi"][idx] = addrs[:, 0]
-        out["src_ip_lo"][idx] = addrs[:, 1]
-        out["dst_ip_hi"][idx] = addrs[:, 2]
-        out["dst_ip_lo"][idx] = addrs[:, 3]
-        l4[idx] = l3[idx] + 40
-        active = idx
+        ip_len = orig - l3 if plen == 0 else 40 + plen
+        version = 6
+        nh = np.int64(buf[base + 6])
+        u64[U64_SRC_HI, k] = _beu(buf, base + 8, 8)
+        u64[U64_SRC_LO, k] = _beu(buf, base + 16, 8)
+        u64[U64_DST_HI, k] = _beu(buf, base + 24, 8)
+        u64[U64_DST_LO, k] = _beu(buf, base + 32, 8)
+        l4 = l3 + 40
         for _ in range(MAX_V6_EXT_HEADERS):
-            h = nh[active]
-            active = active[np.isin(h, (0, 43, 44, 51, 60))]
-            if len(active) == 0:
+            if not (nh == 0 or nh == 43 or nh == 44 or nh == 51 or nh == 60):
                 break
-            fits = l4[active] + 8 <= cap[active]
-            reason[active[~fits]] = TRUNCATED
-            active = active[fits]
-            rows = g.rows(data[active] + l4[active], 4).astype(np.int64)
-            h = nh[active]
-            is_frag = h == 44
-            hlen = np.where(h == 51, (rows[:, 1] + 2) * 4, (rows[:, 1] + 1) * 8)
-            hlen = np.where(is_frag, 8, hlen)
-            fo = rows[:, 2] << 8 | rows[:, 3]
-            fidx = active[is_frag]
-            out["fragment"][fidx] = True
-            later = is_frag & ((fo & 0xFFF8) != 0)
-            no_l4[active[later]] = True
-            nh[active] = rows[:, 0]
-            l4[active] += hlen
-            active = active[~later]
+            if l4 + 8 > c:
+                return TRUNCATED
+            p = d + l4
+            later = False
+            if nh == 44:
+                hlen = 8
+                fragment = True
+                later = (_be16(buf, p + 2) & 0xFFF8) != 0
+            elif nh == 51:
+                hlen = (np.int64(buf[p + 1]) + 2) * 4
+            else:
+                hlen = (np.int64(buf[p + 1]) + 1) * 8
+            nh = np.int64(buf[p])
+            l4 += hlen
+            if later:
+                no_l4 = True
+                break
 
     # Transport: TCP and UDP ports/flags when the IP packet really carries their header.
-    kept = reason == KEPT
-    l4hdr = np.zeros(n, np.int64)
-    for proto, need in ((6, 14), (17, 8)):
-        m = kept & (nh == proto) & ~no_l4
-        if not m.any():
-            continue
-        idx = np.flatnonzero(m)
-        rel = l4[idx] - l3[idx]
-        claimed = rel + need <= ip_len[idx]  # a tiny first fragment may not hold the header
-        cut = claimed & (l4[idx] + need > cap[idx])
-        reason[idx[cut]] = TRUNCATED
-        idx = idx[claimed & ~cut]
-        rows = g.rows(data[idx] + l4[idx], 14 if proto == 6 else 4)
-        words = be_words(rows[:, 0:4], ">u2")
-        out["sport"][idx] = words[:, 0]
-        out["dport"][idx] = words[:, 1]
-        if proto == 6:
-            out["tcp_flags"][idx] = rows[:, 13]
-            l4hdr[idx] = (rows[:, 12] >> 4).astype(np.int64) * 4
+    sport = 0
+    dport = 0
+    flags = 0
+    l4hdr = 0
+    if not no_l4 and (nh == 6 or nh == 17):
+        need = 14 if nh == 6 else 8
+        if (l4 - l3) + need <= ip_len:  # a tiny first fragment may not hold the header
+            if l4 + need > c:
+                return TRUNCATED
+            p = d + l4
+            sport = _be16(buf, p)
+            dport = _be16(buf, p + 2)
+            if nh == 6:
+                flags = np.int64(buf[p + 13])
+                l4hdr = (np.int64(buf[p + 12]) >> 4) * 4
+            else:
+                l4hdr = 8
+
+    i64[I64_IP_LEN, k] = ip_len
+    i64[I64_PAYLOAD_LEN, k] = max(ip_len - (l4 - l3) - l4hdr, 0)
+    u64[U64_SRC_MAC, k] = smac
+    u64[U64_DST_MAC, k] = dmac
+    i32[I32_VLAN, k] = vlan
+    u16[U16_SPORT, k] = sport
+    u16[U16_DPORT, k] = dport
+    u8[U8_VERSION, k] = version
+    u8[U8_PROTO, k] = nh
+    u8[U8_FLAGS, k] = flags
+    u8[U8_FRAGMENT, k] = fragment
+    return KEPT
+
+
+@numba.njit(**_JIT)
+def walk(
+    buf: np.ndarray,
+    pos: int,
+    base: int,
+    limit: int,
+    pcapng: int,
+    big: int,
+    frac_ns: int,
+    linktype: int,
+    max_len: int,
+    ift: np.ndarray,
+    i64: np.ndarray,
+    u64: np.ndarray,
+    i32: np.ndarray,
+    u16: np.ndarray,
+    u8: np.ndarray,
+    state: np.ndarray,
+    counts: np.ndarray,
+) -> tuple[int, int]:
+    """Walk and decode records from ``buf[pos:]`` until ``state[ST_RECORDS] == limit``.
+
+    ``base`` is the uncompressed file offset of ``buf[0]`` (for the offset column). Classic pcap
+    uses ``big``/``frac_ns``/``linktype``/``max_len``; pcapng uses ``big`` and the interface
+    table ``ift``. Kept packets go to row ``state[ST_KEPT]`` of the output columns; ``counts``
+    counts records by skip reason. Returns ``(pos, status)``.
+    """
+    end = buf.shape[0]
+    k = state[ST_KEPT]
+    nrec = state[ST_RECORDS]
+    last_ts = state[ST_LAST_TS]
+    nif = ift.shape[0]
+    status = FULL
+    while nrec < limit:
+        if pcapng == 0:
+            if end - pos < 12:
+                status = MORE
+                break
+            incl = _u32(buf, pos + 8, big)
+            if incl > max_len:
+                status = ABSURD
+                break
+            nxt = pos + 16 + incl
+            if nxt > end:
+                status = MORE
+                break
+            ts = _u32(buf, pos, big) * np.int64(1_000_000_000) + _u32(buf, pos + 4, big) * frac_ns
+            orig = _u32(buf, pos + 12, big)
+            data = pos + 16
+            cap = incl
+            lt = linktype
+            iface = 0
         else:
-            l4hdr[idx] = 8
-    out["proto"][:] = nh
-    out["payload_len"][:] = np.maximum(ip_len - (l4 - l3) - l4hdr, 0)
-    return out
+            if end - pos < 8:
+                status = MORE
+                break
+            btype = _u32(buf, pos, big)
+            blen = _u32(buf, pos + 4, big)
+            if btype == BT_SHB or blen < 12 or blen & 3 or blen > MAX_BLOCK:
+                status = EVENT
+                break
+            nxt = pos + blen
+            if nxt > end:
+                status = MORE
+                break
+            if _u32(buf, nxt - 4, big) != blen or btype == BT_IDB:
+                status = EVENT
+                break
+            if btype != BT_EPB and btype != BT_SPB and btype != BT_PB:
+                pos = nxt  # statistics, name resolution, custom blocks: not ours
+                continue
+            if blen < (16 if btype == BT_SPB else 32):
+                status = EVENT
+                break
+            w2 = _u32(buf, pos + 8, big)
+            if btype == BT_SPB:
+                iface = 0
+                data = pos + 12
+                orig = w2
+                cap = min(orig, blen - 16)
+                bad = nif == 0
+                if not bad:
+                    cap = min(cap, ift[0, IF_SNAPLEN])
+            else:
+                iface = w2
+                if btype == BT_PB:  # obsolete Packet Block: 16-bit interface id + drops count
+                    iface = (w2 >> 16) if big else (w2 & 0xFFFF)
+                data = pos + 28
+                cap = _u32(buf, pos + 20, big)
+                orig = _u32(buf, pos + 24, big)
+                bad = iface >= nif or cap + 32 > blen
+            if bad:
+                if state[ST_BAD_BLOCKS] == 0:
+                    state[ST_BAD_OFFSET] = base + pos
+                state[ST_BAD_BLOCKS] += 1
+                counts[BAD_RECORD] += 1
+                nrec += 1
+                pos = nxt
+                continue
+            lt = ift[iface, IF_LINKTYPE]
+            if btype == BT_SPB:
+                ts = last_ts  # simple packet blocks inherit the last timestamped packet's time
+            else:
+                units = (np.uint64(_u32(buf, pos + 12, big)) << np.uint64(32)) | np.uint64(
+                    _u32(buf, pos + 16, big)
+                )
+                ts = _units_to_ns(units, ift, iface)
+                last_ts = ts
+        nrec += 1
+        reason = _decode_frame(buf, data, cap, orig, lt, k, i64, u64, i32, u16, u8)
+        counts[reason] += 1
+        if reason == KEPT:
+            i64[I64_TS, k] = ts
+            i64[I64_FRAME_LEN, k] = orig
+            i64[I64_CAP_LEN, k] = cap
+            i64[I64_OFFSET, k] = base + pos
+            i32[I32_IFACE, k] = iface
+            k += 1
+        pos = nxt
+    if status == FULL and pos >= end:
+        status = MORE
+    state[ST_KEPT] = k
+    state[ST_RECORDS] = nrec
+    state[ST_LAST_TS] = last_ts
+    return pos, status

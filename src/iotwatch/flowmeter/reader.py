@@ -1,9 +1,9 @@
 """Fast capture reader: classic pcap / pcapng (optionally gzip-compressed) to ``PacketBatch`` chunks.
 
-How it stays fast: the only per-record Python work is a tight walk that collects record offsets
-(classic pcap records must be walked sequentially: each length says where the next one starts).
-Every field, from the record header to the TCP flags, is then decoded for the whole chunk at once
-with numpy gathers on the memory-mapped file (``_decode``).
+How it stays fast: one compiled pass per chunk (``_decode.walk``, numba) walks the record headers
+over a uint8 view of the memory-mapped file and decodes every field, from the record header to
+the TCP flags, straight into preallocated output columns. Python only sees chunk boundaries and
+the rare blocks the kernel hands back (pcapng section / interface headers, damaged blocks).
 
 How it stays small: uncompressed files are memory-mapped (file-backed pages, not private memory);
 gzip files are decompressed in bounded windows. Batches hold at most ``chunk_packets`` records.
@@ -30,7 +30,7 @@ from iotwatch.flowmeter import _decode as dec
 from iotwatch.flowmeter.packets import PacketBatch, ReadIssue, ReadStats
 
 MAX_RECORD = 256 * 1024  # classic pcap record bound (libpcap's own maximum snap length)
-MAX_BLOCK = 16 * 1024 * 1024  # pcapng block bound (packet blocks are further checked)
+MAX_BLOCK = dec.MAX_BLOCK
 GZ_WINDOW = 32 * 1024 * 1024  # decompressed bytes held at once for gzip captures
 GZ_READ = 1024 * 1024
 
@@ -43,13 +43,10 @@ PCAP_MAGICS = {
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 GZIP_MAGIC = b"\x1f\x8b"
 
-# Walk outcomes.
-_FULL = 0  # the chunk is full; call again
-_MORE = 1  # the next record is not complete in the buffer (needs more data, or the file is cut)
-_STOP = 2  # the file cannot be read any further (issue recorded)
-_SECTION = 3  # a new pcapng section starts: flush the chunk first
+# Walk outcomes (shared with the kernel).
+_FULL, _MORE, _STOP, _SECTION = dec.FULL, dec.MORE, dec.STOP, dec.SECTION
 
-_EPB, _SPB, _PB = 6, 3, 2
+_EPB, _SPB, _PB = dec.BT_EPB, dec.BT_SPB, dec.BT_PB
 
 
 class CaptureError(InputError):
@@ -216,9 +213,10 @@ def _read_file(
             return
         pos = parser.start(src)
         while pos is not None:
-            records, pos, status = parser.walk(src.data, pos, len(src.buf), chunk_packets)
-            if records is not None:
-                batch = parser.decode(src, records, file_index)
+            chunk = _Chunk(chunk_packets, len(src.buf) - pos)
+            pos, status = parser.walk(src, pos, chunk)
+            if chunk.records:
+                batch = chunk.finish(parser, file_index)
                 src.release(pos)
                 if batch is not None:
                     yield batch
@@ -246,57 +244,121 @@ def _read_file(
         src.close()
 
 
-def _finish(
-    parser: _PcapParser | _PcapNgParser,
-    src: _Source,
-    file_index: int,
-    start: np.ndarray,
-    data: np.ndarray,
-    cap: np.ndarray,
-    orig: np.ndarray,
-    ts: np.ndarray,
-    iface: np.ndarray,
-    linktype: np.ndarray,
-    reason: np.ndarray,
-) -> PacketBatch | None:
-    """Decode the frames of one chunk, count skips, and keep the IP packets."""
-    stats = parser.stats
-    cap = np.where(reason == dec.KEPT, cap, 0)
-    g = dec.Gather(src.buf)
-    out = dec.decode_frames(g, data, cap, orig, linktype, reason)
-    n = len(data)
-    counts = np.bincount(reason, minlength=len(dec.REASONS))
-    stats.packets_read += n
-    stats.packets_kept += int(counts[dec.KEPT])
-    for code in range(1, len(dec.REASONS)):
-        if counts[code]:
-            stats.skipped[dec.REASONS[code]] += int(counts[code])
-    if counts[dec.KEPT] == 0:
-        return None
-    keep = reason == dec.KEPT
-    return PacketBatch(
-        ts_ns=ts[keep],
-        frame_len=orig[keep],
-        cap_len=cap[keep],
-        ip_len=out["ip_len"][keep],
-        payload_len=out["payload_len"][keep],
-        ip_version=out["ip_version"][keep],
-        proto=out["proto"][keep],
-        src_ip_hi=out["src_ip_hi"][keep],
-        src_ip_lo=out["src_ip_lo"][keep],
-        dst_ip_hi=out["dst_ip_hi"][keep],
-        dst_ip_lo=out["dst_ip_lo"][keep],
-        sport=out["sport"][keep],
-        dport=out["dport"][keep],
-        tcp_flags=out["tcp_flags"][keep],
-        vlan=out["vlan"][keep],
-        src_mac=out["src_mac"][keep],
-        dst_mac=out["dst_mac"][keep],
-        fragment=out["fragment"][keep],
-        iface=iface[keep].astype(np.int32),
-        file_index=np.full(int(counts[dec.KEPT]), file_index, np.int32),
-        offset=start[keep] + src.base,
-    )
+class _Chunk:
+    """Preallocated output columns for one batch, plus the kernel's running state."""
+
+    def __init__(self, limit: int, avail: int) -> None:
+        self.limit = limit
+        # No record is shorter than 16 bytes: never allocate for more than the buffer can hold
+        # (a tiny capture must not cost a full chunk's worth of columns).
+        n = max(1, min(limit, avail // 16 + 1))
+        self.i64 = np.empty((dec.N_I64, n), np.int64)
+        self.u64 = np.empty((dec.N_U64, n), np.uint64)
+        self.i32 = np.empty((dec.N_I32, n), np.int32)
+        self.u16 = np.empty((dec.N_U16, n), np.uint16)
+        self.u8 = np.empty((dec.N_U8, n), np.uint8)
+        self.state = np.zeros(dec.N_STATE, np.int64)
+        self.counts = np.zeros(len(dec.REASONS), np.int64)
+
+    @property
+    def records(self) -> int:
+        """Packet records consumed so far (kept or skipped)."""
+        return int(self.state[dec.ST_RECORDS])
+
+    def run(
+        self,
+        src: _Source,
+        pos: int,
+        *,
+        pcapng: bool,
+        big: bool,
+        frac_ns: int = 0,
+        linktype: int = 0,
+        max_len: int = 0,
+        ift: np.ndarray = np.zeros((0, dec.N_IF), np.int64),  # noqa: B008 - read-only
+    ) -> tuple[int, int]:
+        """Run the kernel from ``pos`` (plain ints only: one compiled signature)."""
+        # Records this chunk can still take (the allocation may be smaller than the limit).
+        room = min(self.limit, self.i64.shape[1])
+        pos, status = dec.walk(
+            src.buf,
+            int(pos),
+            int(src.base),
+            room,
+            int(pcapng),
+            int(big),
+            int(frac_ns),
+            int(linktype),
+            int(max_len),
+            ift,
+            self.i64,
+            self.u64,
+            self.i32,
+            self.u16,
+            self.u8,
+            self.state,
+            self.counts,
+        )
+        return int(pos), int(status)
+
+    def report_bad_blocks(self, parser: _PcapNgParser) -> None:
+        """One issue for the unusable packet blocks the kernel skipped since the last report.
+
+        Called after every kernel run, so issues stay in file order around the ones the
+        Python side records for the blocks it handles.
+        """
+        bad = int(self.state[dec.ST_BAD_BLOCKS])
+        if bad:
+            _issue(
+                parser.stats,
+                parser.name,
+                int(self.state[dec.ST_BAD_OFFSET]),
+                f"{bad} packet block(s) with an unknown interface or a captured "
+                "length larger than the block; skipped",
+            )
+            self.state[dec.ST_BAD_BLOCKS] = 0
+
+    def finish(self, parser: _PcapParser | _PcapNgParser, file_index: int) -> PacketBatch | None:
+        """Count what the chunk saw into the stats; return its kept packets as a batch."""
+        stats = parser.stats
+        kept = int(self.state[dec.ST_KEPT])
+        stats.packets_read += self.records
+        stats.packets_kept += kept
+        for code in range(1, len(dec.REASONS)):
+            if self.counts[code]:
+                stats.skipped[dec.REASONS[code]] += int(self.counts[code])
+        if kept == 0:
+            return None
+        i64, u64, i32, u16, u8 = self.i64, self.u64, self.i32, self.u16, self.u8
+        if kept < i64.shape[1] // 2:
+            # Mostly empty (a short tail, or many skipped records): do not let the batch pin
+            # the whole allocation.
+            i64, u64, i32 = i64[:, :kept].copy(), u64[:, :kept].copy(), i32[:, :kept].copy()
+            u16, u8 = u16[:, :kept].copy(), u8[:, :kept].copy()
+        i32[dec.I32_FILE, :kept] = file_index
+        return PacketBatch(
+            ts_ns=i64[dec.I64_TS, :kept],
+            frame_len=i64[dec.I64_FRAME_LEN, :kept],
+            cap_len=i64[dec.I64_CAP_LEN, :kept],
+            ip_len=i64[dec.I64_IP_LEN, :kept],
+            payload_len=i64[dec.I64_PAYLOAD_LEN, :kept],
+            ip_version=u8[dec.U8_VERSION, :kept],
+            proto=u8[dec.U8_PROTO, :kept],
+            src_ip_hi=u64[dec.U64_SRC_HI, :kept],
+            src_ip_lo=u64[dec.U64_SRC_LO, :kept],
+            dst_ip_hi=u64[dec.U64_DST_HI, :kept],
+            dst_ip_lo=u64[dec.U64_DST_LO, :kept],
+            sport=u16[dec.U16_SPORT, :kept],
+            dport=u16[dec.U16_DPORT, :kept],
+            tcp_flags=u8[dec.U8_FLAGS, :kept],
+            vlan=i32[dec.I32_VLAN, :kept],
+            src_mac=u64[dec.U64_SRC_MAC, :kept],
+            dst_mac=u64[dec.U64_DST_MAC, :kept],
+            fragment=u8[dec.U8_FRAGMENT, :kept].view(np.bool_),
+            iface=i32[dec.I32_IFACE, :kept],
+            file_index=i32[dec.I32_FILE, :kept],
+            offset=i64[dec.I64_OFFSET, :kept],
+        )
 
 
 def _linktype_issue(stats: ReadStats, name: str, offset: int, linktype: int) -> None:
@@ -313,7 +375,6 @@ class _PcapParser:
         self.name = name
         self.stats = stats
         self.endian, self.frac_ns = PCAP_MAGICS[magic]
-        self.incl_at = struct.Struct(self.endian + "I").unpack_from
         self.linktype = 0
         self.max_len = MAX_RECORD
 
@@ -330,73 +391,27 @@ class _PcapParser:
         _linktype_issue(self.stats, self.name, 20, self.linktype)
         return 24
 
-    def walk(self, data, pos: int, end: int, limit: int) -> tuple[list[int] | None, int, int]:
-        """Collect up to ``limit`` complete record offsets from ``pos`` (the only per-record loop)."""
-        offs: list[int] = []
-        app = offs.append
-        incl_at = self.incl_at
-        status = _FULL
-        # The record-length bound is checked afterwards, vectorised (``_check_lengths``): a
-        # garbage length that still fits in the file only costs walking a few garbage records.
-        try:
-            for _ in range(limit):
-                nxt = pos + 16 + incl_at(data, pos + 8)[0]
-                if nxt > end:
-                    status = _MORE
-                    break
-                app(pos)
-                pos = nxt
-            else:
-                if pos >= end:
-                    status = _MORE
-        except struct.error:  # fewer than 12 bytes left
-            status = _MORE
-        if status == _MORE and end - pos >= 12:
-            incl = incl_at(data, pos + 8)[0]
-            if incl > self.max_len:
-                status = _STOP
-                self._absurd(pos, incl)
-        if offs:
-            start = np.array(offs, np.int64)
-            incl = dec.be_words(
-                dec.Gather(np.frombuffer(data, np.uint8)).rows(start + 8, 4), self.endian + "u4"
-            )[:, 0]
-            bad = np.flatnonzero(incl > self.max_len)
-            if len(bad):
-                first = int(bad[0])
-                pos = int(start[first])
-                self._absurd(pos, int(incl[first]))
-                return (start[:first] if first else None), pos, _STOP
-            return start, pos, status
-        return None, pos, status
-
-    def _absurd(self, pos: int, incl: int) -> None:
-        _issue(
-            self.stats,
-            self.name,
-            pos,
-            f"absurd record length {incl} (bound {self.max_len}): stopped reading this file",
-        )
-
-    def decode(self, src: _Source, start: np.ndarray, file_index: int) -> PacketBatch | None:
-        """Decode the records that start at ``start``."""
-        g = dec.Gather(src.buf)
-        hdr = dec.be_words(g.rows(start, 16), self.endian + "u4").astype(np.int64)
-        ts = hdr[:, 0] * 1_000_000_000 + hdr[:, 1] * self.frac_ns
-        n = len(start)
-        return _finish(
-            self,
+    def walk(self, src: _Source, pos: int, chunk: _Chunk) -> tuple[int, int]:
+        """Decode records from ``pos`` into ``chunk`` (all in the kernel); return (pos, status)."""
+        pos, status = chunk.run(
             src,
-            file_index,
-            start,
-            start + 16,
-            hdr[:, 2],
-            hdr[:, 3],
-            ts,
-            np.zeros(n, np.int32),
-            np.full(n, self.linktype, np.int64),
-            np.zeros(n, np.int8),
+            pos,
+            pcapng=False,
+            big=self.endian == ">",
+            frac_ns=self.frac_ns,
+            linktype=self.linktype,
+            max_len=self.max_len,
         )
+        if status == dec.ABSURD:
+            incl = struct.unpack_from(self.endian + "I", src.data, pos + 8)[0]
+            _issue(
+                self.stats,
+                self.name,
+                src.base + pos,
+                f"absurd record length {incl} (bound {self.max_len}): stopped reading this file",
+            )
+            status = _STOP
+        return pos, status
 
 
 class _Interface:
@@ -409,20 +424,16 @@ class _Interface:
         self.exp = 6  # default resolution: microseconds
         self.offset_s = 0
 
-
-def _units_to_ns(units: np.ndarray, iface: _Interface) -> np.ndarray:
-    """Convert pcapng timestamp units (uint64) to int64 nanoseconds for one interface."""
-    e = iface.exp
-    if not iface.pow2:
-        ns = units * np.uint64(10 ** (9 - e)) if e <= 9 else units // np.uint64(10 ** (e - 9))
-    elif e <= 34:
-        # Split seconds and fraction so units * 1e9 never overflows 64 bits.
-        sec = units >> np.uint64(e)
-        frac = units & np.uint64((1 << e) - 1)
-        ns = sec * np.uint64(1_000_000_000) + ((frac * np.uint64(1_000_000_000)) >> np.uint64(e))
-    else:
-        ns = (units.astype(np.float64) / float(1 << e) * 1e9).astype(np.uint64)
-    return ns.astype(np.int64) + iface.offset_s * 1_000_000_000
+    def row(self) -> list[int]:
+        """This interface as a row of the kernel's interface table (``dec.IF_*`` columns)."""
+        e = self.exp
+        if not self.pow2:
+            mode, factor = (dec.TS_MUL, 10 ** (9 - e)) if e <= 9 else (dec.TS_DIV, 10 ** (e - 9))
+        else:
+            mode, factor = (dec.TS_POW2 if e <= 34 else dec.TS_POW2_FLOAT), 1
+        # Keep the offset in int64 range (a garbage if_tsoffset must not overflow the table).
+        offset_s = max(-(2**63) // 10**9, min(self.offset_s, (2**63 - 1) // 10**9))
+        return [self.linktype, self.snaplen or MAX_BLOCK, mode, e, factor, offset_s]
 
 
 class _PcapNgParser:
@@ -435,7 +446,9 @@ class _PcapNgParser:
         self.stats = stats
         self.endian = "<"
         self.ifaces: list[_Interface] = []
+        self.ift = np.zeros((0, dec.N_IF), np.int64)  # the kernel's copy of ``ifaces``
         self.last_ts = 0  # simple packet blocks have no timestamp: they inherit the last one
+        self.base = 0  # uncompressed offset of the current window
         self._set_endian("<")
 
     def _set_endian(self, e: str) -> None:
@@ -448,88 +461,78 @@ class _PcapNgParser:
         return 0
 
     def _bad(self, offset: int, message: str) -> None:
-        _issue(self.stats, self.name, offset, message)
+        # ``offset`` is in the current window; issues carry uncompressed file offsets.
+        _issue(self.stats, self.name, self.base + offset, message)
 
-    def walk(self, data, pos: int, end: int, limit: int) -> tuple[list | None, int, int]:
-        """Collect up to ``limit`` blocks' offsets; handle section/interface blocks inline."""
-        epb: list[int] = []
-        app = epb.append
-        other: list[tuple[int, int]] = []  # (offset, type) for simple/obsolete packet blocks
-        u2, u1 = self.u2, self.u1
-        status = _FULL
+    def walk(self, src: _Source, pos: int, chunk: _Chunk) -> tuple[int, int]:
+        """Decode blocks from ``pos`` into ``chunk``; handle the blocks the kernel hands back."""
+        data = src.data
+        end = len(src.buf)
+        self.base = src.base
+        chunk.state[dec.ST_LAST_TS] = self.last_ts
         try:
-            for _ in range(limit):
-                btype, blen = u2(data, pos)
-                if btype == _EPB and 32 <= blen <= MAX_BLOCK and not blen & 3:
-                    nxt = pos + blen
-                    if nxt > end:
-                        status = _MORE
-                        break
-                    if u1(data, nxt - 4)[0] == blen:
-                        app(pos)
-                        pos = nxt
-                        continue
-                # Everything else (rare) goes the slow way.
-                if btype == 0x0A0D0D0A:
-                    if epb or other:
-                        status = _SECTION
-                        break
-                    if end - pos < 12:
-                        status = _MORE
-                        break
-                    bom = bytes(data[pos + 8 : pos + 12])
-                    if bom == b"\x4d\x3c\x2b\x1a":
-                        self._set_endian("<")
-                    elif bom == b"\x1a\x2b\x3c\x4d":
-                        self._set_endian(">")
-                    else:
-                        self._bad(pos, f"section header with bad byte-order magic {bom.hex()}")
-                        status = _STOP
-                        break
-                    u2, u1 = self.u2, self.u1
-                    blen = u2(data, pos)[1]
-                if blen < 12 or blen & 3 or blen > MAX_BLOCK:
-                    self._bad(
-                        pos, f"pcapng block with bad length {blen}: stopped reading this file"
-                    )
-                    status = _STOP
-                    break
-                nxt = pos + blen
-                if nxt > end:
-                    status = _MORE
-                    break
-                if u1(data, nxt - 4)[0] != blen:
-                    # The leading length looked sane: skip this one block and try the next.
-                    self._bad(pos, f"pcapng block type {btype:#x}: trailing length != {blen}")
-                    if btype in (_EPB, _SPB, _PB):
-                        self.stats.packets_read += 1
-                        self.stats.skipped["bad_record"] += 1
-                    pos = nxt
-                    continue
-                if btype == 0x0A0D0D0A:
-                    if blen < 28:
-                        self._bad(pos, "section header block too short")
-                        status = _STOP
-                        break
-                    self.ifaces = []
-                elif btype == 1:
-                    self._idb(data, pos, blen)
-                elif btype in (_SPB, _PB) or btype == _EPB:
-                    if blen < (16 if btype == _SPB else 32):
-                        self._bad(pos, f"packet block type {btype} too short ({blen} bytes)")
-                        self.stats.packets_read += 1
-                        self.stats.skipped["bad_record"] += 1
-                    else:
-                        other.append((pos, btype))
-                pos = nxt
+            while True:
+                pos, status = chunk.run(src, pos, pcapng=True, big=self.endian == ">", ift=self.ift)
+                chunk.report_bad_blocks(self)
+                if status != dec.EVENT:
+                    return pos, status
+                pos, status = self._event(data, pos, end, chunk.records)
+                if status != _FULL:
+                    return pos, status
+        finally:
+            self.last_ts = int(chunk.state[dec.ST_LAST_TS])
+
+    def _event(self, data, pos: int, end: int, pending: int) -> tuple[int, int]:
+        """Handle the one block at ``pos`` the kernel would not (rare: keep it readable).
+
+        Returns the position after it and ``_FULL`` to go on, or another status to stop.
+        """
+        u2, u1 = self.u2, self.u1
+        btype, blen = u2(data, pos)  # the kernel only hands back blocks with 8 bytes present
+        if btype == 0x0A0D0D0A:
+            if pending:
+                return pos, _SECTION
+            if end - pos < 12:
+                return pos, _MORE
+            bom = bytes(data[pos + 8 : pos + 12])
+            if bom == b"\x4d\x3c\x2b\x1a":
+                self._set_endian("<")
+            elif bom == b"\x1a\x2b\x3c\x4d":
+                self._set_endian(">")
             else:
-                if pos >= end:
-                    status = _MORE
-        except struct.error:
-            status = _MORE
-        if not epb and not other:
-            return None, pos, status
-        return (epb, other), pos, status
+                self._bad(pos, f"section header with bad byte-order magic {bom.hex()}")
+                return pos, _STOP
+            u2, u1 = self.u2, self.u1
+            blen = u2(data, pos)[1]
+        if blen < 12 or blen & 3 or blen > MAX_BLOCK:
+            self._bad(pos, f"pcapng block with bad length {blen}: stopped reading this file")
+            return pos, _STOP
+        nxt = pos + blen
+        if nxt > end:
+            return pos, _MORE
+        if u1(data, nxt - 4)[0] != blen:
+            # The leading length looked sane: skip this one block and try the next.
+            self._bad(pos, f"pcapng block type {btype:#x}: trailing length != {blen}")
+            if btype in (_EPB, _SPB, _PB):
+                self.stats.packets_read += 1
+                self.stats.skipped["bad_record"] += 1
+            return nxt, _FULL
+        if btype == 0x0A0D0D0A:
+            if blen < 28:
+                self._bad(pos, "section header block too short")
+                return pos, _STOP
+            self._set_ifaces([])
+        elif btype == 1:
+            self._idb(data, pos, blen)
+        elif btype in (_SPB, _PB, _EPB):  # handed back only when too short
+            self._bad(pos, f"packet block type {btype} too short ({blen} bytes)")
+            self.stats.packets_read += 1
+            self.stats.skipped["bad_record"] += 1
+        return nxt, _FULL
+
+    def _set_ifaces(self, ifaces: list[_Interface]) -> None:
+        self.ifaces = ifaces
+        self.ift = np.array([i.row() for i in ifaces], np.int64).reshape(-1, dec.N_IF)
 
     def _idb(self, data, pos: int, blen: int) -> None:
         linktype, _, snaplen = struct.unpack_from(self.endian + "HHI", data, pos + 8)
@@ -555,62 +558,4 @@ class _PcapNgParser:
                 iface.offset_s = struct.unpack_from(self.endian + "q", data, body)[0]
             opt = body + ((length + 3) & ~3)
         _linktype_issue(self.stats, self.name, pos, linktype)
-        self.ifaces.append(iface)
-
-    def decode(self, src: _Source, records: tuple, file_index: int) -> PacketBatch | None:
-        """Decode packet blocks (enhanced, simple, obsolete) in file order."""
-        epb, other = records
-        start = np.array(epb, np.int64)
-        kind = np.full(len(epb), _EPB, np.int64)
-        if other:
-            start = np.concatenate([start, np.array([o[0] for o in other], np.int64)])
-            kind = np.concatenate([kind, np.array([o[1] for o in other], np.int64)])
-            order = np.argsort(start, kind="stable")
-            start, kind = start[order], kind[order]
-        n = len(start)
-        g = dec.Gather(src.buf)
-        w = dec.be_words(g.rows(start, 28), self.endian + "u4").astype(np.int64)
-        blen = w[:, 1]
-        reason = np.zeros(n, np.int8)
-        iface = w[:, 2].copy()
-        if (kind == _PB).any():  # obsolete Packet Block: 16-bit interface id + drops count
-            pb = kind == _PB
-            iface[pb] = (w[pb, 2] & 0xFFFF) if self.endian == "<" else (w[pb, 2] >> 16)
-        spb = kind == _SPB
-        iface[spb] = 0
-        data = np.where(spb, start + 12, start + 28)
-        orig = np.where(spb, w[:, 2], w[:, 6])
-        cap = np.where(spb, np.minimum(orig, blen - 16), w[:, 5])
-        nif = len(self.ifaces)
-        if nif:
-            snap = np.array([i.snaplen or MAX_BLOCK for i in self.ifaces], np.int64)
-            lts = np.array([i.linktype for i in self.ifaces], np.int64)
-            cap = np.where(spb, np.minimum(cap, snap[0]), cap)
-        else:
-            lts = np.zeros(1, np.int64)
-        bad = (iface >= nif) | (~spb & (cap + 32 > blen))
-        if bad.any():
-            reason[bad] = dec.BAD_RECORD
-            first = int(np.flatnonzero(bad)[0])
-            self._bad(
-                int(start[first]) + src.base,
-                f"{int(bad.sum())} packet block(s) with an unknown interface or a captured "
-                "length larger than the block; skipped",
-            )
-        iface = np.where(bad, 0, iface)
-        linktype = lts[np.minimum(iface, len(lts) - 1)]
-        units = (w[:, 3].astype(np.uint64) << np.uint64(32)) | w[:, 4].astype(np.uint64)
-        ts = np.zeros(n, np.int64)
-        for i in np.unique(iface[~spb & ~bad]).tolist():
-            m = (iface == i) & ~spb & ~bad
-            ts[m] = _units_to_ns(units[m], self.ifaces[i])
-        if spb.any():
-            # Forward-fill the last timestamped packet's time into simple packet blocks.
-            has = ~spb & ~bad
-            idx = np.where(has, np.arange(n), -1)
-            np.maximum.accumulate(idx, out=idx)
-            ts = np.where(idx >= 0, ts[np.maximum(idx, 0)], self.last_ts)
-        good = ~bad
-        if good.any():
-            self.last_ts = int(ts[np.flatnonzero(good)[-1]])
-        return _finish(self, src, file_index, start, data, cap, orig, ts, iface, linktype, reason)
+        self._set_ifaces([*self.ifaces, iface])
