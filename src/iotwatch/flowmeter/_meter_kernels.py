@@ -1,0 +1,341 @@
+"""Numba kernels of the flow meter: a streaming flow table over packets in timestamp order.
+
+State lives in numpy arrays owned by ``meter.FlowMeter`` (so it survives between chunks and the
+kernels stay pure functions with few, fixed signatures that ``cache=True`` compiles once):
+
+- a *pool* of flow records: ``pu`` (uint64 columns ``U_*``), ``pi`` (int64 columns ``I_*``),
+  ``ps`` (int32 ``[slot, direction, rank]`` first-N sizes, -1 = absent) and ``pt`` (int64 times);
+  free slots are a stack in ``free``;
+- ``ht``: an open-addressing (linear probing) hash table of pool slots, -1 = empty, deleted with
+  backward shift (no tombstones, so probe lengths stay short however many flows come and go);
+- output buffers with the pool's layout that receive finished flows (``I_USED`` holds the
+  end reason there).
+
+The kernels stop early (and say where) when the pool has no free slot or the output buffer is
+full; the Python side grows or drains them and calls again, so no kernel ever allocates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# uint64 record columns
+U_A_HI, U_A_LO, U_B_HI, U_B_LO, U_MAC_A, U_MAC_B, U_H = range(7)
+NU = 7
+# int64 record columns
+(I_T0, I_TL, I_SEQ0, I_PAB, I_PBA, I_BAB, I_BBA, I_FLAGS, I_PROTO, I_IPVER, I_A_PORT, I_B_PORT,
+ I_KVLAN, I_VLAN, I_INIT_A, I_USED) = range(16)  # fmt: skip
+NI = 16
+I_REASON = I_USED  # in the output buffers the slot's "used" column holds the end reason
+
+# state scalars (st array)
+S_FREE, S_OUT, S_NOW = range(3)
+
+IDLE, ACTIVE, CLOSE, EOC = 0, 1, 2, 3  # indices into schema.END_REASONS
+_F_FA, _F_FB, _F_RST = 1, 2, 4
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mix(h: np.uint64) -> np.uint64:
+    """splitmix64 finaliser: every input bit moves every output bit (keys differ in few bits)."""
+    h = h ^ (h >> np.uint64(30))
+    h = h * _M1
+    h = h ^ (h >> np.uint64(27))
+    h = h * _M2
+    return h ^ (h >> np.uint64(31))
+
+
+@njit(cache=True, nogil=True)
+def _closed(pi: np.ndarray, f: int) -> bool:
+    fl = pi[f, I_FLAGS]
+    return (fl & _F_RST) != 0 or ((fl & _F_FA) != 0 and (fl & _F_FB) != 0)
+
+
+@njit(cache=True, nogil=True)
+def _ht_delete(ht: np.ndarray, pu: np.ndarray, f: int) -> None:
+    """Remove slot ``f`` from the table, shifting later entries of its probe run back."""
+    mask = ht.shape[0] - 1
+    i = np.int64(pu[f, U_H] & np.uint64(mask))
+    while ht[i] != f:
+        i = (i + 1) & mask
+    j = i
+    while True:
+        j = (j + 1) & mask
+        g = ht[j]
+        if g < 0:
+            break
+        k = np.int64(pu[g, U_H] & np.uint64(mask))
+        # g stays when its home k lies cyclically in (i, j]: moving it to i would hide it
+        if i <= j:
+            if i < k <= j:
+                continue
+        elif k > i or k <= j:
+            continue
+        ht[i] = g
+        i = j
+    ht[i] = -1
+
+
+@njit(cache=True, nogil=True)
+def _ht_insert(ht: np.ndarray, h: np.uint64, f: int) -> None:
+    mask = ht.shape[0] - 1
+    i = np.int64(h & np.uint64(mask))
+    while ht[i] >= 0:
+        i = (i + 1) & mask
+    ht[i] = f
+
+
+@njit(cache=True, nogil=True)
+def rehash(ht: np.ndarray, pu: np.ndarray, pi: np.ndarray, used_upto: int) -> None:
+    """Fill an empty (all -1) table with the used pool slots below ``used_upto``."""
+    for f in range(used_upto):
+        if pi[f, I_USED] != 0:
+            _ht_insert(ht, pu[f, U_H], f)
+
+
+@njit(cache=True, nogil=True)
+def _emit(
+    f: int,
+    reason: int,
+    pu: np.ndarray,
+    pi: np.ndarray,
+    ps: np.ndarray,
+    pt: np.ndarray,
+    ou: np.ndarray,
+    oi: np.ndarray,
+    os_: np.ndarray,
+    ot: np.ndarray,
+    st: np.ndarray,
+) -> None:
+    """Copy flow ``f`` to the output buffer (close beats any other reason) and free its slot."""
+    k = st[S_OUT]
+    ou[k, :] = pu[f, :]
+    oi[k, :] = pi[f, :]
+    os_[k] = ps[f]
+    ot[k] = pt[f]
+    oi[k, I_REASON] = CLOSE if _closed(pi, f) else reason
+    st[S_OUT] = k + 1
+    pi[f, I_USED] = 0
+    st[S_FREE] += 1
+    # the free stack is stored after the pool's slot numbers: free[0:S_FREE] are free slots
+    return
+
+
+@njit(cache=True, nogil=True)
+def meter_run(
+    ts: np.ndarray,
+    size: np.ndarray,
+    ipver: np.ndarray,
+    proto: np.ndarray,
+    shi: np.ndarray,
+    slo: np.ndarray,
+    dhi: np.ndarray,
+    dlo: np.ndarray,
+    sport: np.ndarray,
+    dport: np.ndarray,
+    flags: np.ndarray,
+    vlan: np.ndarray,
+    smac: np.ndarray,
+    dmac: np.ndarray,
+    frag: np.ndarray,
+    seq: np.ndarray,
+    begin: int,
+    end: int,
+    keep_proto: np.ndarray,
+    params: np.ndarray,
+    ht: np.ndarray,
+    pu: np.ndarray,
+    pi: np.ndarray,
+    ps: np.ndarray,
+    pt: np.ndarray,
+    free: np.ndarray,
+    st: np.ndarray,
+    ou: np.ndarray,
+    oi: np.ndarray,
+    os_: np.ndarray,
+    ot: np.ndarray,
+) -> int:
+    """Meter packets ``begin:end`` (timestamp order); return the index reached.
+
+    Less than ``end`` means the pool has no free slot or the output buffer is full: grow/drain
+    and call again from there. ``params``: idle, active (ns), timeout_inclusive, vlan_in_key,
+    tcp_close_ends_flow, drop non-first fragments, N.
+    """
+    idle, active = params[0], params[1]
+    incl, vlan_key, close_ends, drop_nf = (
+        params[2] != 0,
+        params[3] != 0,
+        params[4] != 0,
+        params[5] != 0,
+    )
+    n = params[6]
+    mask = ht.shape[0] - 1
+    out_cap = oi.shape[0]
+    for i in range(begin, end):
+        pr = proto[i]
+        if not keep_proto[pr]:
+            continue
+        sp = np.uint64(sport[i])
+        dp = np.uint64(dport[i])
+        if drop_nf and frag[i] and sp == 0 and dp == 0:
+            continue
+        if st[S_FREE] == 0 or st[S_OUT] >= out_cap:
+            return i
+        sh, sl, dh, dl = shi[i], slo[i], dhi[i], dlo[i]
+        # endpoint a = the smaller (ip, port): the key does not depend on the direction
+        a_src = sh < dh or (sh == dh and (sl < dl or (sl == dl and sp <= dp)))
+        if a_src:
+            ah, al, ap, bh, bl, bp = sh, sl, sp, dh, dl, dp
+        else:
+            ah, al, ap, bh, bl, bp = dh, dl, dp, sh, sl, sp
+        kv = np.int64(vlan[i]) if vlan_key else np.int64(0)
+        small = ap | (bp << np.uint64(16)) | (np.uint64(pr) << np.uint64(32))
+        small |= np.uint64(kv & 0xFFFF) << np.uint64(40)
+        h = _mix(al + _GOLD)
+        h = _mix(h ^ bl)
+        h = _mix(h ^ ah)
+        h = _mix(h ^ bh)
+        h = _mix(h ^ small)
+        pos = np.int64(h & np.uint64(mask))
+        f = -1
+        while True:
+            g = ht[pos]
+            if g < 0:
+                break
+            if (
+                pu[g, U_H] == h
+                and pu[g, U_A_LO] == al
+                and pu[g, U_B_LO] == bl
+                and pu[g, U_A_HI] == ah
+                and pu[g, U_B_HI] == bh
+                and pi[g, I_A_PORT] == np.int64(ap)
+                and pi[g, I_B_PORT] == np.int64(bp)
+                and pi[g, I_PROTO] == np.int64(pr)
+                and pi[g, I_KVLAN] == kv
+            ):
+                f = g
+                break
+            pos = (pos + 1) & mask
+        t = ts[i]
+        fl = np.int64(flags[i])
+        tcp = pr == 6
+        syn = tcp and (fl & 0x02) != 0
+        ack = (fl & 0x10) != 0
+        if f >= 0:
+            gap = t - pi[f, I_TL]
+            age = t - pi[f, I_T0]
+            cut = -1
+            if (gap >= idle) if incl else (gap > idle):
+                cut = IDLE
+            elif (age >= active) if incl else (age > active):
+                cut = ACTIVE
+            elif close_ends and syn and not ack and _closed(pi, f):
+                cut = CLOSE  # a pure SYN after FIN both ways / RST: a new connection
+            if cut >= 0:
+                _ht_delete(ht, pu, f)
+                _emit(f, cut, pu, pi, ps, pt, ou, oi, os_, ot, st)
+                free[st[S_FREE] - 1] = f
+                f = -1
+        if f < 0:
+            st[S_FREE] -= 1
+            f = free[st[S_FREE]]
+            pu[f, U_A_HI] = ah
+            pu[f, U_A_LO] = al
+            pu[f, U_B_HI] = bh
+            pu[f, U_B_LO] = bl
+            pu[f, U_MAC_A] = 0
+            pu[f, U_MAC_B] = 0
+            pu[f, U_H] = h
+            pi[f, I_T0] = t
+            pi[f, I_SEQ0] = seq[i]
+            pi[f, I_PAB] = 0
+            pi[f, I_PBA] = 0
+            pi[f, I_BAB] = 0
+            pi[f, I_BBA] = 0
+            pi[f, I_FLAGS] = 0
+            pi[f, I_PROTO] = pr
+            pi[f, I_IPVER] = ipver[i]
+            pi[f, I_A_PORT] = np.int64(ap)
+            pi[f, I_B_PORT] = np.int64(bp)
+            pi[f, I_KVLAN] = kv
+            pi[f, I_VLAN] = vlan[i]
+            # the initiator sent the first packet, unless that packet is a SYN-ACK (its answer)
+            pi[f, I_INIT_A] = 1 if a_src != (syn and ack) else 0
+            pi[f, I_USED] = 1
+            ps[f, :, :] = -1
+            pt[f, :, :] = 0
+            _ht_insert(ht, h, f)
+        pi[f, I_TL] = t
+        sz = size[i]
+        d = 0 if a_src else 1
+        c = pi[f, I_PAB + d]
+        if c < n:
+            ps[f, d, c] = sz
+            pt[f, d, c] = t
+        pi[f, I_PAB + d] = c + 1
+        pi[f, I_BAB + d] += sz
+        if tcp:
+            if fl & 0x01:
+                pi[f, I_FLAGS] |= _F_FA if a_src else _F_FB
+            if fl & 0x04:
+                pi[f, I_FLAGS] |= _F_RST
+        if a_src:
+            ma, mb = smac[i], dmac[i]
+        else:
+            ma, mb = dmac[i], smac[i]
+        if ma > pu[f, U_MAC_A]:
+            pu[f, U_MAC_A] = ma
+        if mb > pu[f, U_MAC_B]:
+            pu[f, U_MAC_B] = mb
+        if vlan[i] > pi[f, I_VLAN]:
+            pi[f, I_VLAN] = vlan[i]
+        st[S_NOW] = t
+    return end
+
+
+@njit(cache=True, nogil=True)
+def expire(
+    now: int,
+    idle: int,
+    incl: bool,
+    everything: bool,
+    used_upto: int,
+    ht: np.ndarray,
+    pu: np.ndarray,
+    pi: np.ndarray,
+    ps: np.ndarray,
+    pt: np.ndarray,
+    free: np.ndarray,
+    st: np.ndarray,
+    ou: np.ndarray,
+    oi: np.ndarray,
+    os_: np.ndarray,
+    ot: np.ndarray,
+) -> int:
+    """Emit the flows idle at ``now`` (all open flows when ``everything``); return the slot reached.
+
+    Sweeping keeps the pool to the flows active within the idle timeout; the result is the same
+    as finding the gap when the flow's next packet comes (or at the end of the capture).
+    """
+    out_cap = oi.shape[0]
+    for f in range(used_upto):
+        if pi[f, I_USED] == 0:
+            continue
+        quiet = now - pi[f, I_TL]
+        is_idle = (quiet >= idle) if incl else (quiet > idle)
+        if not (is_idle or everything):
+            continue
+        if st[S_OUT] >= out_cap:
+            return f
+        if not everything:
+            _ht_delete(ht, pu, f)
+        _emit(f, IDLE if is_idle else EOC, pu, pi, ps, pt, ou, oi, os_, ot, st)
+        free[st[S_FREE] - 1] = f
+    if everything:
+        ht[:] = -1
+    return used_upto
