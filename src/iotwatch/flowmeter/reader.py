@@ -280,8 +280,12 @@ class _Chunk:
         """Run the kernel from ``pos`` (plain ints only: one compiled signature)."""
         # Records this chunk can still take (the allocation may be smaller than the limit).
         room = min(self.limit, self.i64.shape[1])
+        buf = src.buf
+        if buf.flags.writeable:  # one compiled signature: the kernel always sees read-only bytes
+            buf = buf.view()
+            buf.flags.writeable = False
         pos, status = dec.walk(
-            src.buf,
+            buf,
             int(pos),
             int(src.base),
             room,
