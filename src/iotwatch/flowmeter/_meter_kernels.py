@@ -339,3 +339,119 @@ def expire(
     if everything:
         ht[:] = -1
     return used_upto
+
+
+# -- text of addresses, written straight into Arrow string buffers ------------------------------
+
+_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
+
+
+@njit(cache=True, nogil=True)
+def _put_dec(buf: np.ndarray, p: int, v: int) -> int:
+    """Write 0..255 in decimal at ``p``; return the new position."""
+    if v >= 100:
+        buf[p] = 48 + v // 100
+        p += 1
+    if v >= 10:
+        buf[p] = 48 + (v // 10) % 10
+        p += 1
+    buf[p] = 48 + v % 10
+    return p + 1
+
+
+@njit(cache=True, nogil=True)
+def _put_v4(buf: np.ndarray, p: int, a: int) -> int:
+    for shift in (24, 16, 8, 0):
+        p = _put_dec(buf, p, (a >> shift) & 0xFF)
+        if shift:
+            buf[p] = 46  # '.'
+            p += 1
+    return p
+
+
+@njit(cache=True, nogil=True)
+def format_ips(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Addresses as Arrow string buffers (offsets int32, utf-8 bytes), exactly as glibc's
+    ``inet_ntop`` writes them (what ``socket.inet_ntop`` returns); IPv4-mapped ones
+    (``::ffff:a.b.c.d``) as plain dotted quads."""
+    n = hi.shape[0]
+    buf = np.empty(n * 40, np.uint8)
+    off = np.empty(n + 1, np.int32)
+    words = np.empty(8, np.int64)
+    p = 0
+    for r in range(n):
+        off[r] = p
+        h, v = hi[r], lo[r]
+        if h == 0 and (v >> np.uint64(32)) == np.uint64(0xFFFF):
+            p = _put_v4(buf, p, np.int64(v & np.uint64(0xFFFFFFFF)))
+            continue
+        for w in range(4):
+            words[w] = np.int64((h >> np.uint64(48 - 16 * w)) & np.uint64(0xFFFF))
+            words[w + 4] = np.int64((v >> np.uint64(48 - 16 * w)) & np.uint64(0xFFFF))
+        # the first longest run (>= 2) of zero words becomes "::" (RFC 5952, glibc)
+        best_b, best_l, cur_b, cur_l = -1, 0, -1, 0
+        for w in range(8):
+            if words[w] == 0:
+                if cur_b == -1:
+                    cur_b, cur_l = w, 1
+                else:
+                    cur_l += 1
+            elif cur_b != -1:
+                if best_b == -1 or cur_l > best_l:
+                    best_b, best_l = cur_b, cur_l
+                cur_b = -1
+        if cur_b != -1 and (best_b == -1 or cur_l > best_l):
+            best_b, best_l = cur_b, cur_l
+        if best_b != -1 and best_l < 2:
+            best_b = -1
+        for w in range(8):
+            if best_b != -1 and best_b <= w < best_b + best_l:
+                if w == best_b:
+                    buf[p] = 58  # ':'
+                    p += 1
+                continue
+            if w != 0:
+                buf[p] = 58
+                p += 1
+            if w == 6 and best_b == 0 and (best_l == 6 or (best_l == 5 and words[5] == 0xFFFF)):
+                # IPv4-compatible (::a.b.c.d): glibc writes the last 32 bits as a dotted quad
+                p = _put_v4(buf, p, np.int64(v & np.uint64(0xFFFFFFFF)))
+                break
+            x = words[w]
+            started = False
+            for s in (12, 8, 4, 0):
+                d = (x >> s) & 0xF
+                if d or started or s == 0:
+                    buf[p] = _HEX[d]
+                    p += 1
+                    started = True
+        else:
+            if best_b != -1 and best_b + best_l == 8:
+                buf[p] = 58
+                p += 1
+    off[n] = p
+    return off, buf[:p]
+
+
+@njit(cache=True, nogil=True)
+def format_macs(mac: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """48-bit MACs as ``aa:bb:cc:dd:ee:ff`` Arrow string buffers (0 gives an empty string)."""
+    n = mac.shape[0]
+    buf = np.empty(n * 17, np.uint8)
+    off = np.empty(n + 1, np.int32)
+    p = 0
+    for r in range(n):
+        off[r] = p
+        m = np.int64(mac[r])
+        if m == 0:
+            continue
+        for b in range(6):
+            x = (m >> (40 - 8 * b)) & 0xFF
+            if b:
+                buf[p] = 58
+                p += 1
+            buf[p] = _HEX[x >> 4]
+            buf[p + 1] = _HEX[x & 0xF]
+            p += 2
+    off[n] = p
+    return off, buf[:p]

@@ -343,7 +343,7 @@ class _FinishedFlows:
 
 
 def _uniq2(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unique (hi, lo) pairs: (uniq_hi, uniq_lo, inverse)."""
+    """Unique (hi, lo) pairs, sorted by (hi, lo): (uniq_hi, uniq_lo, inverse)."""
     order = np.lexsort((lo, hi))
     sh, sl = hi[order], lo[order]
     new = np.ones(len(order), bool)
@@ -353,17 +353,42 @@ def _uniq2(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return sh[new], sl[new], inv
 
 
-def _ip_texts(hi: np.ndarray, lo: np.ndarray) -> list[str]:
-    """Addresses as text (IPv4-mapped ones as dotted quads), one inet_ntop each."""
+def _ip_text(hi: int, lo: int) -> str:
+    """One address as text (IPv4-mapped ones as dotted quads), as ``K.format_ips`` writes it."""
     import socket
 
-    out = []
-    for h, v in zip(hi.tolist(), lo.tolist(), strict=True):
-        if h == 0 and (v >> 32) == 0xFFFF:
-            out.append(socket.inet_ntop(socket.AF_INET, (v & 0xFFFF_FFFF).to_bytes(4, "big")))
-        else:
-            out.append(socket.inet_ntop(socket.AF_INET6, ((h << 64) | v).to_bytes(16, "big")))
-    return out
+    if hi == 0 and (lo >> 32) == 0xFFFF:
+        return socket.inet_ntop(socket.AF_INET, (lo & 0xFFFF_FFFF).to_bytes(4, "big"))
+    return socket.inet_ntop(socket.AF_INET6, ((hi << 64) | lo).to_bytes(16, "big"))
+
+
+def _ip_words(text: str) -> tuple[int, int] | None:
+    """(hi, lo) of an address in the reader's representation (IPv4 as ::ffff:a.b.c.d)."""
+    try:
+        a = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    v = int(a) | (0xFFFF << 32) if a.version == 4 else int(a)
+    return v >> 64, v & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _string_array(off: np.ndarray, data: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """An Arrow string array straight from offsets and bytes (no Python string per row)."""
+    n = len(off) - 1
+    bitmap = None
+    if valid is not None and not valid.all():
+        bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    null_count = -1 if bitmap is not None else 0
+    return pa.StringArray.from_buffers(
+        n, pa.py_buffer(off), pa.py_buffer(data), bitmap, null_count=null_count
+    )
+
+
+def _find2(uh: np.ndarray, ul: np.ndarray, h: int, low: int) -> int:
+    """Index of (h, low) in the (hi, lo)-sorted unique pairs, or -1."""
+    i, j = np.searchsorted(uh, np.uint64(h), "left"), np.searchsorted(uh, np.uint64(h), "right")
+    k = i + int(np.searchsorted(ul[i:j], np.uint64(low)))
+    return k if k < j and ul[k] == low else -1
 
 
 def _mac_text(mac: int) -> str | None:
@@ -371,6 +396,22 @@ def _mac_text(mac: int) -> str | None:
         return None
     h = f"{mac:012x}"
     return ":".join(h[i : i + 2] for i in range(0, 12, 2))
+
+
+def _in_networks(uh: np.ndarray, ul: np.ndarray, nets: list) -> np.ndarray:
+    """Which (hi, lo) addresses lie in one of the networks (IPv4 ones only in IPv4 nets)."""
+    v4 = (uh == 0) & ((ul >> np.uint64(32)) == np.uint64(0xFFFF))
+    out = np.zeros(len(uh), bool)
+    full = (1 << 128) - 1
+    for net in nets:
+        bits = net.prefixlen + (96 if net.version == 4 else 0)
+        mask = (full << (128 - bits)) & full
+        base = int(net.network_address) | ((0xFFFF << 32) if net.version == 4 else 0)
+        m_hi, m_lo = np.uint64(mask >> 64), np.uint64(mask & 0xFFFF_FFFF_FFFF_FFFF)
+        b_hi, b_lo = np.uint64(base >> 64), np.uint64(base & 0xFFFF_FFFF_FFFF_FFFF)
+        hit = ((uh & m_hi) == b_hi) & ((ul & m_lo) == b_lo)
+        out |= hit & (v4 if net.version == 4 else ~v4)
+    return out
 
 
 @dataclass
@@ -387,35 +428,48 @@ class _Endpoints:
 def _endpoints(
     mac: np.ndarray, hi: np.ndarray, lo: np.ndarray, inventory: Inventory | None, nets: list
 ) -> _Endpoints:
-    """Text and device matches, computed once per unique MAC and per unique IP."""
+    """Text and device matches, computed once per unique MAC and per unique IP.
+
+    Texts are written by numba kernels into Arrow buffers; the inventory is matched the other
+    way round (each inventory address parsed once and looked up among the unique endpoints),
+    keeping exact-text semantics: an inventory entry that is not in canonical form (what
+    ``socket.inet_ntop`` writes) matches nothing, as a text lookup would.
+    """
+    import pyarrow.compute as pc
+
     uh, ul, ip_inv = _uniq2(hi, lo)
-    ips = _ip_texts(uh, ul)
+    ips = _string_array(*K.format_ips(uh, ul))
     umac, mac_inv = np.unique(mac, return_inverse=True)
-    macs = [_mac_text(m) for m in umac.tolist()]
+    mac_inv = mac_inv.reshape(-1)
+    macs = _string_array(*K.format_macs(umac), valid=umac != 0)
     devices = list(inventory.devices) if inventory is not None else []
     index = {id(d): i for i, d in enumerate(devices)}
     dev = np.full(len(mac), -1, np.int64)
     local = np.zeros(len(mac), bool)
     if devices:
-        by_mac = np.asarray(
-            [index[id(inventory.by_mac[m])] if m in inventory.by_mac else -1 for m in macs],
-            np.int64,
-        )
-        by_ip = np.asarray(
-            [index[id(inventory.by_ip[i])] if i in inventory.by_ip else -1 for i in ips], np.int64
-        )
-        dm, di = by_mac[mac_inv.reshape(-1)], by_ip[ip_inv]
+        by_mac = np.full(len(umac), -1, np.int64)
+        for text, d in inventory.by_mac.items():
+            try:
+                m = int(text.replace(":", ""), 16)
+            except ValueError:
+                continue
+            k = int(np.searchsorted(umac, np.uint64(m))) if 0 < m < 1 << 48 else len(umac)
+            if k < len(umac) and umac[k] == m and _mac_text(m) == text:
+                by_mac[k] = index[id(d)]
+        by_ip = np.full(len(uh), -1, np.int64)
+        for text, d in inventory.by_ip.items():
+            w = _ip_words(text)
+            if w is None or _ip_text(*w) != text:
+                continue
+            k = _find2(uh, ul, *w)
+            if k >= 0:
+                by_ip[k] = index[id(d)]
+        dm, di = by_mac[mac_inv], by_ip[ip_inv]
         dev = np.where(dm >= 0, dm, di)  # the MAC wins, as in Inventory.lookup
     if nets:
-        in_net = np.asarray(
-            [any(a.version == n.version and a in n for n in nets)
-             for a in map(ipaddress.ip_address, ips)],
-            bool,
-        )  # fmt: skip
-        local = in_net[ip_inv]
+        local = _in_networks(uh, ul, nets)[ip_inv]
     take = pa.array(np.maximum(dev, 0), pa.int64())
     has = pa.array(dev >= 0, pa.bool_())
-    import pyarrow.compute as pc
 
     def dev_attr(values: list[str]) -> pa.Array:
         if not devices:
@@ -424,8 +478,8 @@ def _endpoints(
 
     return _Endpoints(
         known=(dev >= 0) | local,
-        ip=pa.array(ips, pa.string()).take(pa.array(ip_inv, pa.int64())),
-        mac=pa.array(macs, pa.string()).take(pa.array(mac_inv.reshape(-1), pa.int64())),
+        ip=ips.take(pa.array(ip_inv, pa.int64())),
+        mac=macs.take(pa.array(mac_inv, pa.int64())),
         dtype=dev_attr([d.device_type for d in devices]),
         name=dev_attr([d.name for d in devices]),
     )
