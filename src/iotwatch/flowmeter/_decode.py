@@ -151,26 +151,25 @@ def _beu(buf: np.ndarray, p: int, width: int) -> np.uint64:
     return v
 
 
-@numba.njit(**_JIT)
-def _units_to_ns(units: np.uint64, ift: np.ndarray, i: int) -> int:
-    """pcapng timestamp units to int64 nanoseconds for interface ``i`` (wrapping like numpy)."""
-    mode = ift[i, IF_MODE]
+@numba.njit(inline="always", **_JIT)
+def _units_to_ns(units: np.uint64, mode: int, exp: int, factor: int, offset_s: int) -> int:
+    """pcapng timestamp units to int64 nanoseconds (wrapping like numpy); scalars only."""
     if mode == TS_MUL:
-        ns = units * np.uint64(ift[i, IF_FACTOR])
+        ns = units * np.uint64(factor)
     elif mode == TS_DIV:
-        ns = units // np.uint64(ift[i, IF_FACTOR])
+        ns = units // np.uint64(factor)
     elif mode == TS_POW2:
         # Split seconds and fraction so units * 1e9 never overflows 64 bits.
-        e = np.uint64(ift[i, IF_EXP])
+        e = np.uint64(exp)
         sec = units >> e
         frac = units & ((np.uint64(1) << e) - np.uint64(1))
         ns = sec * np.uint64(1_000_000_000) + ((frac * np.uint64(1_000_000_000)) >> e)
     else:
         scale = 1.0
-        for _ in range(ift[i, IF_EXP]):
+        for _ in range(exp):
             scale *= 2.0
         ns = np.uint64(np.float64(units) / scale * 1e9)
-    return np.int64(ns) + ift[i, IF_OFFSET_S] * np.int64(1_000_000_000)
+    return np.int64(ns) + offset_s * np.int64(1_000_000_000)
 
 
 @numba.njit(inline="always", **_JIT)
@@ -180,14 +179,15 @@ def _skip(reason: int) -> tuple:
     return (reason, 0, 0, 0, 0, 0, 0, 0, 0, -1, False, z, z, z, z, z, z)
 
 
-@numba.njit(**_JIT)
+@numba.njit(inline="always", **_JIT)
 def _decode_frame(buf: np.ndarray, d: int, c: int, orig: int, lt: int) -> tuple:
     """Decode the frame at ``buf[d:d + c]``.
 
     Returns ``(reason, ip_len, payload_len, version, proto, sport, dport, tcp_flags, _, vlan,
     fragment, src_hi, src_lo, dst_hi, dst_lo, src_mac, dst_mac)``; only ``reason`` is meaningful
-    unless it is ``KEPT``. Scalars only, no output arrays: passing arrays to a per-packet
-    function costs numba an atomic incref/decref per array per call (measured: 2x slower).
+    unless it is ``KEPT``. Scalars only, no output arrays, and inlined into ``walk``: numba
+    wraps each call that passes arrays in atomic NRT incref/decref pairs, which cost more
+    than the decoding itself (measured: 185 -> 130 -> 87 ns per packet).
     """
     et = 0
     l3 = 0
@@ -506,7 +506,13 @@ def walk(
                 units = (np.uint64(_u32(buf, pos + 12, big)) << np.uint64(32)) | np.uint64(
                     _u32(buf, pos + 16, big)
                 )
-                ts = _units_to_ns(units, ift, iface)
+                ts = _units_to_ns(
+                    units,
+                    ift[iface, IF_MODE],
+                    ift[iface, IF_EXP],
+                    ift[iface, IF_FACTOR],
+                    ift[iface, IF_OFFSET_S],
+                )
                 last_ts = ts
         nrec += 1
         r = _decode_frame(buf, data, cap, orig, lt)
