@@ -414,6 +414,34 @@ def _in_networks(uh: np.ndarray, ul: np.ndarray, nets: list) -> np.ndarray:
     return out
 
 
+# numpy dtypes of the table's fixed-width Arrow types (DataType.to_pandas_dtype imports pandas)
+_NP_OF = {
+    pa.uint8(): np.uint8, pa.int32(): np.int32, pa.int64(): np.int64, pa.float64(): np.float64,
+}  # fmt: skip
+
+
+def _arrow(values: np.ndarray, typ: pa.DataType) -> pa.Array:
+    """A numpy column as an Arrow array, zero-copy where the layout allows.
+
+    ``pa.array`` on numpy input imports pandas (a quarter of a second of a CLI run) to check for
+    pandas objects; building from buffers does not.
+    """
+    if pa.types.is_boolean(typ):
+        bits = np.packbits(np.asarray(values, np.bool_), bitorder="little")
+        return pa.Array.from_buffers(typ, len(values), [None, pa.py_buffer(bits)], null_count=0)
+    arr = np.ascontiguousarray(values, _NP_OF[typ])
+    return pa.Array.from_buffers(typ, len(arr), [None, pa.py_buffer(arr)], null_count=0)
+
+
+def _str_take(values: Sequence[str], idx: np.ndarray) -> pa.Array:
+    """``values[idx]`` as an Arrow string array (few distinct values, many rows)."""
+    data = [v.encode() for v in values]
+    off = np.zeros(len(data) + 1, np.int32)
+    np.cumsum([len(d) for d in data], out=off[1:])
+    raw = np.frombuffer(b"".join(data), np.uint8) if data else np.zeros(0, np.uint8)
+    return _string_array(off, raw).take(_arrow(idx, pa.int64()))
+
+
 @dataclass
 class _Endpoints:
     """Per endpoint (both sides stacked): known?, ip/mac text and inventory type/name."""
@@ -468,18 +496,18 @@ def _endpoints(
         dev = np.where(dm >= 0, dm, di)  # the MAC wins, as in Inventory.lookup
     if nets:
         local = _in_networks(uh, ul, nets)[ip_inv]
-    take = pa.array(np.maximum(dev, 0), pa.int64())
-    has = pa.array(dev >= 0, pa.bool_())
+    take = np.maximum(dev, 0)
+    has = _arrow(dev >= 0, pa.bool_())
 
     def dev_attr(values: list[str]) -> pa.Array:
         if not devices:
             return pa.nulls(len(mac), pa.string())
-        return pc.if_else(has, pa.array(values, pa.string()).take(take), None)
+        return pc.if_else(has, _str_take(values, take), None)
 
     return _Endpoints(
         known=(dev >= 0) | local,
-        ip=ips.take(pa.array(ip_inv, pa.int64())),
-        mac=macs.take(pa.array(mac_inv, pa.int64())),
+        ip=ips.take(_arrow(ip_inv, pa.int64())),
+        mac=macs.take(_arrow(mac_inv, pa.int64())),
         dtype=dev_attr([d.device_type for d in devices]),
         name=dev_attr([d.name for d in devices]),
     )
@@ -497,7 +525,7 @@ def build_table(
     order = np.lexsort((flows["seq0"], flows["file"], flows["start"]))
     fl = {k: v[order] for k, v in flows.items()}
     ft = {k: v[order] for k, v in feats.items()}
-    caps = pa.array(list(captures), pa.string()).take(pa.array(fl["file"], pa.int64()))
+    caps = _str_take(list(captures), fl["file"])
     nets = [ipaddress.ip_network(x, strict=False) for x in config.local_networks]
     k = len(fl["a_hi"])
     ep = _endpoints(
@@ -514,7 +542,7 @@ def build_table(
     name_a, name_b = ep.name[:k], ep.name[k:]
     known = ka != kb
     dev_a = np.where(known, ka, fl["init_a"])
-    mask = pa.array(dev_a, pa.bool_())
+    mask = _arrow(dev_a, pa.bool_())
 
     def pick(x: pa.Array, y: pa.Array, dev: bool = True) -> pa.Array:
         import pyarrow.compute as pc
@@ -552,7 +580,7 @@ def build_table(
         "bytes_recv": b_r,
         "packets": p_s + p_r,
         "bytes": b_s + b_r,
-        "end_reason": pa.array(np.asarray(END_REASONS, dtype=object)[fl["reason"]], pa.string()),
+        "end_reason": _str_take(END_REASONS, fl["reason"]),
     }
     d = dev_a[:, None]
     s_sent, s_recv = np.where(d, ft["s_ab"], ft["s_ba"]), np.where(d, ft["s_ba"], ft["s_ab"])
@@ -570,7 +598,7 @@ def build_table(
         cols[name] = np.ascontiguousarray(arr)
     schema = flow_schema(n)
     arrays = [
-        cols[f.name] if isinstance(cols[f.name], pa.Array) else pa.array(cols[f.name], f.type)
+        cols[f.name] if isinstance(cols[f.name], pa.Array) else _arrow(cols[f.name], f.type)
         for f in schema
     ]
     return pa.Table.from_arrays(arrays, schema=schema)
@@ -613,6 +641,53 @@ class FlowResult:
 
 
 Reader = Callable[..., Iterator[PacketBatch]]
+_DONE = object()
+
+
+def _prefetch(batches: Iterator[PacketBatch], depth: int = 2) -> Iterator[PacketBatch]:
+    """Run the reader in a thread, ``depth`` batches ahead (bounded: memory stays flat).
+
+    The reader's exceptions are re-raised here; when the consumer stops early the thread is told
+    to stop and joined.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for b in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(b, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put(exc)
+
+    th = threading.Thread(target=work, name="flowmeter-reader", daemon=True)
+    th.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while th.is_alive():
+            try:  # unblock a reader waiting on a full queue
+                q.get_nowait()
+            except queue.Empty:
+                th.join(0.05)
 
 
 def default_reader() -> Reader:
@@ -631,8 +706,13 @@ def meter_captures(
     progress: bool = False,
     chunk_packets: int = DEFAULT_CHUNK,
     reader: Reader | None = None,
+    prefetch: bool = True,
 ) -> FlowResult:
-    """Meter captures into one flow table (each capture's flows are its own)."""
+    """Meter captures into one flow table (each capture's flows are its own).
+
+    ``prefetch``: decode in a second thread while this one meters (both are numba kernels that
+    release the GIL, so the two cores overlap reading and metering).
+    """
     if isinstance(paths, (str, Path)):
         paths = [paths]
     paths = [Path(p) for p in paths]
@@ -652,7 +732,8 @@ def meter_captures(
         for i, path in enumerate(paths):
             meter = FlowMeter(config)
             tick = bar.update if bar is not None else None
-            for batch in read([path], stats, chunk_packets=chunk_packets, progress=tick):
+            batches = read([path], stats, chunk_packets=chunk_packets, progress=tick)
+            for batch in _prefetch(batches) if prefetch else batches:
                 meter.feed(batch)
             flows, feats = meter.finish()
             late += meter.late
