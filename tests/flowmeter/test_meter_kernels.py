@@ -1,0 +1,203 @@
+"""The meter's numba kernels against plain-Python references: the streaming flow table (with pool
+growth, hash deletions and output draining forced by tiny buffers), address texts, networks."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import random
+import socket
+
+import numpy as np
+import pytest
+
+from iotwatch.flowmeter import FlowConfig
+from iotwatch.flowmeter import _meter_kernels as K
+from iotwatch.flowmeter.meter import FlowMeter, _in_networks, _prefetch, _string_array
+from iotwatch.flowmeter.packets import PacketBatch
+
+NS = 1_000_000_000
+MAPPED = 0xFFFF << 32
+
+
+def _batch(rnd: random.Random, n: int, t0: int = 1_700_000_000 * NS) -> PacketBatch:
+    """Random packets over few endpoints (so keys repeat), TCP/UDP, flags, gaps up to 0.5 s."""
+    hosts = [MAPPED | 0x0A000001, MAPPED | 0x0A000002, (1 << 64) | 5, 7]
+    ts, cols = [], {k: [] for k in ("sh", "sl", "dh", "dl", "sp", "dp", "pr", "fl", "ln", "vl")}
+    t = t0
+    for _ in range(n):
+        t += int(rnd.choice([0, 1, 10, 1000, NS // 20, NS // 2]) * rnd.random())
+        ts.append(t)
+        a, b = rnd.sample(hosts, 2)
+        cols["sh"].append(a >> 64)
+        cols["sl"].append(a & (2**64 - 1))
+        cols["dh"].append(b >> 64)
+        cols["dl"].append(b & (2**64 - 1))
+        cols["sp"].append(rnd.choice([1, 80]))
+        cols["dp"].append(rnd.choice([1, 80]))
+        cols["pr"].append(rnd.choice([6, 6, 17]))
+        cols["fl"].append(rnd.choice([0x10, 0x02, 0x12, 0x11, 0x04, 0x18]))
+        cols["ln"].append(rnd.randrange(40, 1500))
+        cols["vl"].append(rnd.choice([-1, -1, 3]))
+    m = len(ts)
+    u64 = lambda k: np.asarray(cols[k], np.uint64)  # noqa: E731
+    ln = np.asarray(cols["ln"], np.int64)
+    return PacketBatch(
+        ts_ns=np.asarray(ts, np.int64), frame_len=ln + 14, cap_len=ln + 14, ip_len=ln,
+        payload_len=ln - 40, ip_version=np.where(u64("sh") > 0, 6, 4).astype(np.uint8),
+        proto=np.asarray(cols["pr"], np.uint8), src_ip_hi=u64("sh"), src_ip_lo=u64("sl"),
+        dst_ip_hi=u64("dh"), dst_ip_lo=u64("dl"), sport=np.asarray(cols["sp"], np.uint16),
+        dport=np.asarray(cols["dp"], np.uint16), tcp_flags=np.asarray(cols["fl"], np.uint8),
+        vlan=np.asarray(cols["vl"], np.int32), src_mac=np.full(m, 2, np.uint64),
+        dst_mac=np.full(m, 3, np.uint64), fragment=np.zeros(m, bool),
+        iface=np.zeros(m, np.int32), file_index=np.zeros(m, np.int32),
+        offset=np.arange(m, dtype=np.int64),
+    )  # fmt: skip
+
+
+def _reference(b: PacketBatch, cfg: FlowConfig) -> list[tuple]:
+    """The flow definition of docs/flows.md, one packet at a time with a dict (sorted input)."""
+    idle, active, n = cfg.idle_timeout * NS, cfg.active_timeout * NS, cfg.n_packets
+    protos = cfg.protocol_numbers()
+    live: dict[tuple, dict] = {}
+    done: list[tuple] = []
+
+    def closed(f: dict) -> bool:
+        return f["rst"] or (f["fa"] and f["fb"])
+
+    def emit(f: dict, why: str) -> None:
+        reason = "close" if closed(f) else why
+        done.append((f["seq"], f["t0"], f["tl"], tuple(f["pk"]), tuple(f["by"]), reason,
+                     tuple(map(tuple, f["sz"])), tuple(map(tuple, f["tt"]))))  # fmt: skip
+
+    for i in range(len(b)):
+        pr = int(b.proto[i])
+        if protos is not None and pr not in protos:
+            continue
+        s = (int(b.src_ip_hi[i]), int(b.src_ip_lo[i]), int(b.sport[i]))
+        d = (int(b.dst_ip_hi[i]), int(b.dst_ip_lo[i]), int(b.dport[i]))
+        a_src = s <= d
+        key = (pr, min(s, d), max(s, d), int(b.vlan[i]) if cfg.vlan_in_key else 0)
+        t, fl, size = int(b.ts_ns[i]), int(b.tcp_flags[i]), int(b.ip_len[i])
+        syn, ack = pr == 6 and fl & 2, fl & 0x10
+        f = live.get(key)
+        if f is not None:
+            if t - f["tl"] > idle:
+                emit(f, "idle")
+                f = None
+            elif t - f["t0"] > active:
+                emit(f, "active")
+                f = None
+            elif cfg.tcp_close_ends_flow and syn and not ack and closed(f):
+                emit(f, "close")
+                f = None
+        if f is None:
+            f = live[key] = {"seq": i, "t0": t, "tl": t, "pk": [0, 0], "by": [0, 0], "fa": 0,
+                             "fb": 0, "rst": 0, "sz": [[-1] * n, [-1] * n],
+                             "tt": [[0] * n, [0] * n]}  # fmt: skip
+        k = 0 if a_src else 1
+        if f["pk"][k] < n:
+            f["sz"][k][f["pk"][k]] = size
+            f["tt"][k][f["pk"][k]] = t
+        f["pk"][k] += 1
+        f["by"][k] += size
+        f["tl"] = t
+        if pr == 6:
+            f["fa" if a_src else "fb"] |= bool(fl & 1)
+            f["rst"] |= bool(fl & 4)
+    now = int(b.ts_ns[-1])
+    for f in live.values():
+        emit(f, "idle" if now - f["tl"] > idle else "end_of_capture")
+    return sorted(done)
+
+
+def _metered(meter: FlowMeter, b: PacketBatch, chunk: int) -> list[tuple]:
+    for lo in range(0, len(b), chunk):
+        part = PacketBatch(**{k: v[lo : lo + chunk] for k, v in vars(b).items()})
+        meter.feed(part)
+    fl, ft = meter.finish()
+    reasons = ("idle", "active", "close", "end_of_capture")
+    out = []
+    for i in range(len(fl["seq0"])):
+        out.append((
+            int(fl["seq0"][i]), int(fl["start"][i]), int(fl["end"][i]),
+            (int(fl["pab"][i]), int(fl["pba"][i])), (int(fl["bab"][i]), int(fl["bba"][i])),
+            reasons[fl["reason"][i]],
+            (tuple(ft["s_ab"][i].tolist()), tuple(ft["s_ba"][i].tolist())),
+            (tuple(ft["t_ab"][i].tolist()), tuple(ft["t_ba"][i].tolist())),
+        ))  # fmt: skip
+    return sorted(out)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("chunk", [1, 13, 5000])
+def test_flow_table_matches_reference(seed: int, chunk: int) -> None:
+    rnd = random.Random(seed)
+    b = _batch(rnd, 3000)
+    cfg = dataclasses.replace(
+        FlowConfig(), protocols=["tcp", "udp"], idle_timeout=2.0, active_timeout=5.0,
+        n_packets=3, reorder_window=0.0, vlan_in_key=bool(seed % 2),
+    )  # fmt: skip
+    want = _reference(b, cfg)
+    assert len({r[5] for r in want}) == 4  # every end reason occurs
+    meter = FlowMeter(cfg)
+    # tiny buffers: the pool grows several times, the output drains often, sweeps delete
+    meter.OUT_ROWS = 3
+    meter.__init__(cfg)
+    meter._alloc_pool(1)
+    meter.st[K.S_FREE] = 1
+    assert _metered(meter, b, chunk) == want
+
+
+def test_ip_text_is_inet_ntop() -> None:
+    rnd = random.Random(0)
+    vals = [0, 1, MAPPED | 0x01020304, 0x01020304, 1 << 127, MAPPED, (0xFFFF << 48) | 5, 2**128 - 1]
+    vals += [(1 << 112) | 1, (1 << 96), 0x20010DB8 << 96, (0x20010DB8 << 96) | (1 << 16)]
+    for _ in range(20000):
+        words = [rnd.choice([0, 0, 0, 1, 0xFFFF, rnd.randrange(65536)]) for _ in range(8)]
+        vals.append(int.from_bytes(b"".join(w.to_bytes(2, "big") for w in words), "big"))
+    hi = np.asarray([v >> 64 for v in vals], np.uint64)
+    lo = np.asarray([v & (2**64 - 1) for v in vals], np.uint64)
+    got = _string_array(*K.format_ips(hi, lo)).to_pylist()
+    for v, text in zip(vals, got, strict=True):
+        if v >> 32 == 0xFFFF:
+            want = socket.inet_ntop(socket.AF_INET, (v & 0xFFFFFFFF).to_bytes(4, "big"))
+        else:
+            want = socket.inet_ntop(socket.AF_INET6, v.to_bytes(16, "big"))
+        assert text == want, hex(v)
+
+
+def test_mac_text() -> None:
+    macs = np.asarray([0, 1, 0x0200000000AB, 2**48 - 1], np.uint64)
+    arr = _string_array(*K.format_macs(macs), valid=macs != 0).to_pylist()
+    assert arr == [None, "00:00:00:00:00:01", "02:00:00:00:00:ab", "ff:ff:ff:ff:ff:ff"]
+
+
+def test_networks_match_ipaddress() -> None:
+    rnd = random.Random(3)
+    nets = [ipaddress.ip_network(x) for x in ("10.1.0.0/16", "192.168.7.5/32", "fd00::/8", "::/0")]
+    addrs = [MAPPED | rnd.choice([0x0A010000, 0x0A020000, 0xC0A80705]) | rnd.randrange(256)
+             for _ in range(200)]  # fmt: skip
+    addrs += [rnd.choice([0xFD << 120, 0x20 << 120]) | rnd.randrange(2**64) for _ in range(200)]
+    for chosen in (nets[:2], nets[:3], nets[2:3], nets):
+        uh = np.asarray([a >> 64 for a in addrs], np.uint64)
+        ul = np.asarray([a & (2**64 - 1) for a in addrs], np.uint64)
+        got = _in_networks(uh, ul, chosen)
+        for a, g in zip(addrs, got, strict=True):
+            ip = ipaddress.ip_address(a & 0xFFFFFFFF if a >> 32 == 0xFFFF else a)
+            want = any(ip.version == n.version and ip in n for n in chosen)
+            assert g == want, (ip, chosen)
+
+
+def test_prefetch_passes_batches_and_errors() -> None:
+    def gen(fail: bool):
+        yield from range(5)
+        if fail:
+            raise ValueError("damaged")
+
+    assert list(_prefetch(gen(False))) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="damaged"):
+        list(_prefetch(gen(True)))
+    it = _prefetch(iter(range(1000)), depth=1)
+    assert next(it) == 0
+    it.close()  # the consumer stops early: the thread is stopped, nothing hangs
