@@ -300,41 +300,50 @@ class _FinishedFlows:
         self.parts.append((ou.copy(), oi.copy(), os_.copy(), ot.copy()))
 
     def result(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """(flows, features) columns in a/b endpoint order."""
+        """(flows, features) columns in a/b endpoint order; the parts are consumed.
+
+        Each column is gathered from the parts on its own, so the peak is the parts plus the
+        columns, not twice that (a 2-D concatenate, then per-column copies).
+        """
         n = self.n
-        if self.parts:
-            ou, oi, os_, ot = (np.concatenate(p) for p in zip(*self.parts, strict=True))
-        else:
-            ou, oi = np.zeros((0, K.NU), np.uint64), np.zeros((0, K.NI), np.int64)
-            os_, ot = np.zeros((0, 2, n), np.int32), np.zeros((0, 2, n), np.int64)
-        self.parts = []
+        parts, self.parts = self.parts, []
+        if not parts:
+            parts = [(np.zeros((0, K.NU), np.uint64), np.zeros((0, K.NI), np.int64),
+                      np.zeros((0, 2, n), np.int32), np.zeros((0, 2, n), np.int64))]  # fmt: skip
+
+        def u(j: int) -> np.ndarray:
+            return np.concatenate([p[0][:, j] for p in parts])
+
+        def i(j: int, dtype: type = np.int64) -> np.ndarray:
+            return np.concatenate([p[1][:, j] for p in parts]).astype(dtype, copy=False)
+
         flows = {
-            "proto": oi[:, K.I_PROTO].astype(np.uint8),
-            "ipver": oi[:, K.I_IPVER].astype(np.uint8),
-            "vlan": oi[:, K.I_VLAN].astype(np.int32),
-            "a_hi": ou[:, K.U_A_HI].copy(),
-            "a_lo": ou[:, K.U_A_LO].copy(),
-            "a_port": oi[:, K.I_A_PORT].astype(np.uint16),
-            "b_hi": ou[:, K.U_B_HI].copy(),
-            "b_lo": ou[:, K.U_B_LO].copy(),
-            "b_port": oi[:, K.I_B_PORT].astype(np.uint16),
-            "mac_a": ou[:, K.U_MAC_A].copy(),
-            "mac_b": ou[:, K.U_MAC_B].copy(),
-            "init_a": oi[:, K.I_INIT_A] != 0,
-            "start": oi[:, K.I_T0].copy(),
-            "end": oi[:, K.I_TL].copy(),
-            "pab": oi[:, K.I_PAB].copy(),
-            "pba": oi[:, K.I_PBA].copy(),
-            "bab": oi[:, K.I_BAB].copy(),
-            "bba": oi[:, K.I_BBA].copy(),
-            "reason": oi[:, K.I_REASON].astype(np.int8),
-            "seq0": oi[:, K.I_SEQ0].copy(),
+            "proto": i(K.I_PROTO, np.uint8),
+            "ipver": i(K.I_IPVER, np.uint8),
+            "vlan": i(K.I_VLAN, np.int32),
+            "a_hi": u(K.U_A_HI),
+            "a_lo": u(K.U_A_LO),
+            "a_port": i(K.I_A_PORT, np.uint16),
+            "b_hi": u(K.U_B_HI),
+            "b_lo": u(K.U_B_LO),
+            "b_port": i(K.I_B_PORT, np.uint16),
+            "mac_a": u(K.U_MAC_A),
+            "mac_b": u(K.U_MAC_B),
+            "init_a": i(K.I_INIT_A) != 0,
+            "start": i(K.I_T0),
+            "end": i(K.I_TL),
+            "pab": i(K.I_PAB),
+            "pba": i(K.I_PBA),
+            "bab": i(K.I_BAB),
+            "bba": i(K.I_BBA),
+            "reason": i(K.I_REASON, np.int8),
+            "seq0": i(K.I_SEQ0),
         }
         feats = {
-            "s_ab": os_[:, 0, :].astype(np.int64),
-            "s_ba": os_[:, 1, :].astype(np.int64),
-            "t_ab": ot[:, 0, :].copy(),
-            "t_ba": ot[:, 1, :].copy(),
+            "s_ab": np.concatenate([p[2][:, 0, :] for p in parts]),
+            "s_ba": np.concatenate([p[2][:, 1, :] for p in parts]),
+            "t_ab": np.concatenate([p[3][:, 0, :] for p in parts]),
+            "t_ba": np.concatenate([p[3][:, 1, :] for p in parts]),
         }
         return flows, feats
 
@@ -520,11 +529,18 @@ def build_table(
     config: FlowConfig,
     inventory: Inventory | None = None,
 ) -> pa.Table:
-    """Orient flows to the device side and build the documented table, sorted by (start, id)."""
+    """Orient flows to the device side and build the documented table, sorted by (start, id).
+
+    ``flows`` and ``feats`` are consumed: reordered in place (each unsorted column is freed as
+    its sorted copy is made) and emptied as the table takes their data, to keep the peak low.
+    """
     n = config.n_packets
     order = np.lexsort((flows["seq0"], flows["file"], flows["start"]))
-    fl = {k: v[order] for k, v in flows.items()}
-    ft = {k: v[order] for k, v in feats.items()}
+    for d in (flows, feats):
+        for key in list(d):
+            d[key] = d[key][order]
+    del order
+    fl, ft = flows, feats
     caps = _str_take(list(captures), fl["file"])
     nets = [ipaddress.ip_network(x, strict=False) for x in config.local_networks]
     k = len(fl["a_hi"])
@@ -582,17 +598,22 @@ def build_table(
         "bytes": b_s + b_r,
         "end_reason": _str_take(END_REASONS, fl["reason"]),
     }
+    fl.clear()
     d = dev_a[:, None]
-    s_sent, s_recv = np.where(d, ft["s_ab"], ft["s_ba"]), np.where(d, ft["s_ba"], ft["s_ab"])
-    t_sent, t_recv = np.where(d, ft["t_ab"], ft["t_ba"]), np.where(d, ft["t_ba"], ft["t_ab"])
+    s_ab, s_ba = ft.pop("s_ab"), ft.pop("s_ba")
+    s_sent, s_recv = np.where(d, s_ab, s_ba), np.where(d, s_ba, s_ab)
+    del s_ab, s_ba
     pad = config.pad_value
+    pad_size = np.int64(int(pad))  # int64 like the sizes were: out-of-range pads wrap as before
     names = feature_columns(n)
     blocks = []
     for s in (s_sent, s_recv):
-        blocks.append(np.where(s >= 0, s, int(pad)).astype(np.int32))
-    for s, tt in ((s_sent, t_sent), (s_recv, t_recv)):
+        blocks.append(np.where(s >= 0, s, pad_size).astype(np.int32))
+    t_ab, t_ba = ft.pop("t_ab"), ft.pop("t_ba")
+    for s, (x, y) in ((s_sent, (t_ab, t_ba)), (s_recv, (t_ba, t_ab))):
         ok = (s[:, 1:] >= 0) & (s[:, :-1] >= 0)
-        blocks.append(np.where(ok, np.diff(tt, axis=1) / _NS, float(pad)))
+        blocks.append(np.where(ok, np.diff(np.where(d, x, y), axis=1) / _NS, float(pad)))
+    del t_ab, t_ba, s_sent, s_recv
     feat_cols = [b[:, i] for b in blocks for i in range(b.shape[1])]
     for name, arr in zip(names, feat_cols, strict=True):
         cols[name] = np.ascontiguousarray(arr)
@@ -738,8 +759,10 @@ def meter_captures(
             batches = read([path], stats, chunk_packets=chunk_packets, progress=tick)
             for batch in _prefetch(batches) if prefetch else batches:
                 meter.feed(batch)
+            batch = batches = None  # the last chunk: not kept alive while the table is built
             flows, feats = meter.finish()
             late += meter.late
+            del meter  # its flow pool and buffers: freed before the table is built
             flows["file"] = np.full(len(flows["seq0"]), i, np.int64)
             all_flows.append(flows)
             all_feats.append(feats)
@@ -747,7 +770,11 @@ def meter_captures(
     finally:
         if bar is not None:
             bar.close()
-    flows = {k: np.concatenate([f[k] for f in all_flows]) for k in all_flows[0]}
-    feats = {k: np.concatenate([f[k] for f in all_feats]) for k in all_feats[0]}
+    if len(all_flows) == 1:
+        (flows,), (feats,) = all_flows, all_feats
+    else:
+        flows = {k: np.concatenate([f[k] for f in all_flows]) for k in all_flows[0]}
+        feats = {k: np.concatenate([f[k] for f in all_feats]) for k in all_feats[0]}
+    del all_flows, all_feats
     table = build_table(flows, feats, names, config, inventory)
     return FlowResult(table=table, stats=stats, late_packets=late)
