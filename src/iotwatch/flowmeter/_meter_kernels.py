@@ -463,3 +463,28 @@ def format_macs(mac: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             p += 2
     off[n] = p
     return off, buf[:p]
+
+
+@njit(cache=True, nogil=True)
+def gather_strings(
+    off: np.ndarray, data: np.ndarray, idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``values[idx]`` for Arrow string buffers (offsets, bytes); ``idx < 0`` gives ""."""
+    n = idx.shape[0]
+    out_off = np.empty(n + 1, np.int32)
+    total = 0
+    for r in range(n):
+        out_off[r] = total
+        j = idx[r]
+        if j >= 0:
+            total += off[j + 1] - off[j]
+    out_off[n] = total
+    out = np.empty(total, np.uint8)
+    for r in range(n):
+        j = idx[r]
+        if j >= 0:
+            p = out_off[r]
+            for q in range(off[j], off[j + 1]):
+                out[p] = data[q]
+                p += 1
+    return out_off, out

@@ -1,23 +1,19 @@
-"""The flow meter: decoded packet batches to bidirectional flows, vectorised per chunk.
+"""The flow meter: decoded packet batches to bidirectional flows, one packet at a time in numba.
 
 How it works (docs/flows.md has the flow definition):
 
-1. Each batch is filtered and reduced to the columns the meter needs; the flow key is made
-   direction-free by ordering the two (IP, port) endpoints: endpoint ``a`` is the smaller one.
+1. Each batch is reduced to the metered packets and the columns the meter reads (no copy when
+   nothing is filtered out).
 2. A reorder buffer holds back the packets of the last ``reorder_window`` seconds, so what is
-   processed is always in timestamp order (the global stable sort by time, whatever the chunking).
-3. Open flows are carried across chunks as one *state row* each, prepended to the next chunk:
-   a row with the flow's key, start, last timestamp, counters and TCP close flags; its first-N
-   feature values live in side arrays indexed by the row's ``slot``. A state row behaves like a
-   packet that already weighs many packets, so a single code path handles both.
-4. Rows are sorted by a 64-bit hash of the key (stable, so time order survives within a key; a
-   hash collision is detected and the chunk is sorted by the full key instead). Flow boundaries:
-   a key change, a gap over the idle timeout (vectorised), and, only in the rare segments that
-   may need them, active-timeout cuts and TCP close + new SYN (a loop over flows, not packets).
-5. Counters come from ``np.add.reduceat``; the first N packets per direction from group-rank
-   arithmetic on cumulative sums (a state row adds the count it already holds).
-6. Finished flows are kept in endpoint order (a/b); the device side, the names and the
-   sent/received orientation are decided once at the end, per unique endpoint.
+   metered is always in timestamp order (the global stable sort by time, whatever the chunking);
+   sorted input is metered straight from the batch's arrays, only disordered chunks are sorted.
+3. ``_meter_kernels.meter_run`` meters packets in that order against a streaming flow table: an
+   open-addressing hash table over a pool of flow records (counters, first-N sizes and times per
+   direction, TCP close flags). Idle, active and close cuts are decided per packet, so chunk
+   boundaries cannot change the result. Flows idle at the end of a chunk are swept out of the
+   pool; finished flows go to an output buffer that is drained into compact column chunks.
+4. Finished flows are kept in endpoint order (a/b); the device side, the texts and the
+   sent/received orientation are decided once at the end, column-wise (``build_table``).
 """
 
 from __future__ import annotations
@@ -39,70 +35,7 @@ from iotwatch.flowmeter.schema import END_REASONS, feature_columns, flow_schema
 from iotwatch.inventory import Inventory
 
 DEFAULT_CHUNK = 262_144
-_IDLE, _ACTIVE, _CLOSE, _EOC = (END_REASONS.index(r) for r in END_REASONS)
-_FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
-_TCP = 6
 _NS = 1_000_000_000
-
-# Columns of a meter row (packet or carried state) and their dtypes.
-_ROW = {
-    "proto": np.uint8, "a_hi": np.uint64, "a_lo": np.uint64, "a_port": np.uint16,
-    "b_hi": np.uint64, "b_lo": np.uint64, "b_port": np.uint16, "kvlan": np.int32,
-    "h": np.uint64, "t": np.int64, "t0": np.int64, "seq0": np.int64,
-    "pab": np.int64, "pba": np.int64, "bab": np.int64, "bba": np.int64,
-    "fa": np.int64, "fb": np.int64, "rst": np.int64, "cand": np.bool_, "init_a": np.bool_,
-    "mac_a": np.uint64, "mac_b": np.uint64, "vlan": np.int32, "ipver": np.uint8,
-    "slot": np.int64, "size": np.int64,
-}  # fmt: skip
-_KEY = ("proto", "a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port", "kvlan")
-# What a finished flow keeps (endpoint order), before orientation.
-_FLOW = (
-    "proto", "ipver", "vlan", "a_hi", "a_lo", "a_port", "b_hi", "b_lo", "b_port", "mac_a",
-    "mac_b", "init_a", "start", "end", "pab", "pba", "bab", "bba", "reason", "seq0",
-)  # fmt: skip
-
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLD = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser (wrapping uint64 arithmetic on arrays)."""
-    h = h ^ (h >> np.uint64(30))
-    h = h * _M1
-    h = h ^ (h >> np.uint64(27))
-    h = h * _M2
-    return h ^ (h >> np.uint64(31))
-
-
-def _key_hash(c: dict[str, np.ndarray]) -> np.ndarray:
-    h = _mix(c["a_lo"] + _GOLD)
-    for name in ("b_lo", "a_hi", "b_hi"):
-        h = _mix(h ^ c[name])
-    small = (
-        c["a_port"].astype(np.uint64)
-        | (c["b_port"].astype(np.uint64) << np.uint64(16))
-        | (c["proto"].astype(np.uint64) << np.uint64(32))
-        | ((c["kvlan"].astype(np.int64) & 0xFFFF).astype(np.uint64) << np.uint64(40))
-    )
-    return _mix(h ^ small)
-
-
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    parts = [p for p in parts if p and len(next(iter(p.values())))]
-    if not parts:
-        return {}
-    if len(parts) == 1:
-        return parts[0]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def _take(cols: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
-    return {k: v[idx] for k, v in cols.items()}
-
-
-def _size(cols: dict[str, np.ndarray]) -> int:
-    return len(next(iter(cols.values()))) if cols else 0
 
 
 class FlowMeter:
@@ -443,83 +376,63 @@ def _arrow(values: np.ndarray, typ: pa.DataType) -> pa.Array:
 
 
 def _str_take(values: Sequence[str], idx: np.ndarray) -> pa.Array:
-    """``values[idx]`` as an Arrow string array (few distinct values, many rows)."""
+    """``values[idx]`` as an Arrow string array, null where ``idx < 0`` (few values, many rows).
+
+    A numba gather on the buffers: ``Array.take`` would import pyarrow.compute (70 ms a run).
+    """
     data = [v.encode() for v in values]
     off = np.zeros(len(data) + 1, np.int32)
     np.cumsum([len(d) for d in data], out=off[1:])
     raw = np.frombuffer(b"".join(data), np.uint8) if data else np.zeros(0, np.uint8)
-    return _string_array(off, raw).take(_arrow(idx, pa.int64()))
+    idx = np.asarray(idx, np.int64)
+    return _string_array(*K.gather_strings(off, raw, idx), valid=idx >= 0)
 
 
-@dataclass
-class _Endpoints:
-    """Per endpoint (both sides stacked): known?, ip/mac text and inventory type/name."""
+def _device_sides(
+    fl: dict[str, np.ndarray], inventory: Inventory | None, nets: list
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per flow and side (a, b): the inventory device index (-1: none) and whether it is known.
 
-    known: np.ndarray
-    ip: pa.Array
-    mac: pa.Array
-    dtype: pa.Array
-    name: pa.Array
-
-
-def _endpoints(
-    mac: np.ndarray, hi: np.ndarray, lo: np.ndarray, inventory: Inventory | None, nets: list
-) -> _Endpoints:
-    """Text and device matches, computed once per unique MAC and per unique IP.
-
-    Texts are written by numba kernels into Arrow buffers; the inventory is matched the other
-    way round (each inventory address parsed once and looked up among the unique endpoints),
-    keeping exact-text semantics: an inventory entry that is not in canonical form (what
-    ``socket.inet_ntop`` writes) matches nothing, as a text lookup would.
+    Matching is numeric, once per unique MAC and per unique IP: each inventory address is parsed
+    once and looked up among the unique endpoints, keeping exact-text semantics (an inventory
+    entry not in canonical form, what ``socket.inet_ntop`` writes, matches nothing, as a text
+    lookup would). Returns (dev, known), each of shape (2, flows).
     """
-    import pyarrow.compute as pc
-
-    uh, ul, ip_inv = _uniq2(hi, lo)
-    ips = _string_array(*K.format_ips(uh, ul))
-    umac, mac_inv = np.unique(mac, return_inverse=True)
-    mac_inv = mac_inv.reshape(-1)
-    macs = _string_array(*K.format_macs(umac), valid=umac != 0)
+    k = len(fl["a_hi"])
+    dev = np.full(2 * k, -1, np.int64)
+    local = np.zeros(2 * k, bool)
     devices = list(inventory.devices) if inventory is not None else []
-    index = {id(d): i for i, d in enumerate(devices)}
-    dev = np.full(len(mac), -1, np.int64)
-    local = np.zeros(len(mac), bool)
+    if devices or nets:
+        mac = np.concatenate([fl["mac_a"], fl["mac_b"]])
+        uh, ul, ip_inv = _uniq2(
+            np.concatenate([fl["a_hi"], fl["b_hi"]]), np.concatenate([fl["a_lo"], fl["b_lo"]])
+        )
     if devices:
+        index = {id(d): i for i, d in enumerate(devices)}
+        umac, mac_inv = np.unique(mac, return_inverse=True)
         by_mac = np.full(len(umac), -1, np.int64)
         for text, d in inventory.by_mac.items():
             try:
                 m = int(text.replace(":", ""), 16)
             except ValueError:
                 continue
-            k = int(np.searchsorted(umac, np.uint64(m))) if 0 < m < 1 << 48 else len(umac)
-            if k < len(umac) and umac[k] == m and _mac_text(m) == text:
-                by_mac[k] = index[id(d)]
+            j = int(np.searchsorted(umac, np.uint64(m))) if 0 < m < 1 << 48 else len(umac)
+            if j < len(umac) and umac[j] == m and _mac_text(m) == text:
+                by_mac[j] = index[id(d)]
         by_ip = np.full(len(uh), -1, np.int64)
         for text, d in inventory.by_ip.items():
             w = _ip_words(text)
             if w is None or _ip_text(*w) != text:
                 continue
-            k = _find2(uh, ul, *w)
-            if k >= 0:
-                by_ip[k] = index[id(d)]
-        dm, di = by_mac[mac_inv], by_ip[ip_inv]
+            j = _find2(uh, ul, *w)
+            if j >= 0:
+                by_ip[j] = index[id(d)]
+        dm, di = by_mac[mac_inv.reshape(-1)], by_ip[ip_inv]
         dev = np.where(dm >= 0, dm, di)  # the MAC wins, as in Inventory.lookup
     if nets:
         local = _in_networks(uh, ul, nets)[ip_inv]
-    take = np.maximum(dev, 0)
-    has = _arrow(dev >= 0, pa.bool_())
-
-    def dev_attr(values: list[str]) -> pa.Array:
-        if not devices:
-            return pa.nulls(len(mac), pa.string())
-        return pc.if_else(has, _str_take(values, take), None)
-
-    return _Endpoints(
-        known=(dev >= 0) | local,
-        ip=ips.take(_arrow(ip_inv, pa.int64())),
-        mac=macs.take(_arrow(mac_inv, pa.int64())),
-        dtype=dev_attr([d.device_type for d in devices]),
-        name=dev_attr([d.name for d in devices]),
-    )
+    known = (dev >= 0) | local
+    return dev.reshape(2, k), known.reshape(2, k)
 
 
 def build_table(
@@ -543,30 +456,25 @@ def build_table(
     fl, ft = flows, feats
     caps = _str_take(list(captures), fl["file"])
     nets = [ipaddress.ip_network(x, strict=False) for x in config.local_networks]
-    k = len(fl["a_hi"])
-    ep = _endpoints(
-        np.concatenate([fl["mac_a"], fl["mac_b"]]),
-        np.concatenate([fl["a_hi"], fl["b_hi"]]),
-        np.concatenate([fl["a_lo"], fl["b_lo"]]),
-        inventory,
-        nets,
-    )
-    ka, kb = ep.known[:k], ep.known[k:]
-    ip_a, ip_b = ep.ip[:k], ep.ip[k:]
-    mac_a, mac_b = ep.mac[:k], ep.mac[k:]
-    type_a, type_b = ep.dtype[:k], ep.dtype[k:]
-    name_a, name_b = ep.name[:k], ep.name[k:]
+    (dev_ia, dev_ib), (ka, kb) = _device_sides(fl, inventory, nets)
     known = ka != kb
     dev_a = np.where(known, ka, fl["init_a"])
-    mask = _arrow(dev_a, pa.bool_())
-
-    def pick(x: pa.Array, y: pa.Array, dev: bool = True) -> pa.Array:
-        import pyarrow.compute as pc
-
-        return pc.if_else(mask, x, y) if dev else pc.if_else(mask, y, x)
 
     def sel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.where(dev_a, x, y)
+
+    def ips(dev: bool) -> pa.Array:
+        # one text per row, written by a kernel: cheaper than texts per unique address + a take
+        x, y = ("a", "b") if dev else ("b", "a")
+        hi, lo = sel(fl[f"{x}_hi"], fl[f"{y}_hi"]), sel(fl[f"{x}_lo"], fl[f"{y}_lo"])
+        return _string_array(*K.format_ips(hi, lo))
+
+    def macs(dev: bool) -> pa.Array:
+        m = sel(fl["mac_a"], fl["mac_b"]) if dev else sel(fl["mac_b"], fl["mac_a"])
+        return _string_array(*K.format_macs(m), valid=m != 0)
+
+    devices = list(inventory.devices) if inventory is not None else []
+    dev_i = sel(dev_ia, dev_ib)
 
     start = fl["start"] / _NS
     end = fl["end"] / _NS
@@ -578,15 +486,15 @@ def build_table(
         "proto": fl["proto"].astype(np.uint8),
         "ip_version": fl["ipver"].astype(np.uint8),
         "vlan": fl["vlan"].astype(np.int32),
-        "dev_mac": pick(mac_a, mac_b),
-        "dev_ip": pick(ip_a, ip_b),
+        "dev_mac": macs(dev=True),
+        "dev_ip": ips(dev=True),
         "dev_port": sel(fl["a_port"], fl["b_port"]).astype(np.int32),
-        "peer_mac": pick(mac_a, mac_b, dev=False),
-        "peer_ip": pick(ip_a, ip_b, dev=False),
+        "peer_mac": macs(dev=False),
+        "peer_ip": ips(dev=False),
         "peer_port": sel(fl["b_port"], fl["a_port"]).astype(np.int32),
         "device_known": known,
-        "device_type": pick(type_a, type_b),
-        "device_name": pick(name_a, name_b),
+        "device_type": _str_take([d.device_type for d in devices], dev_i),
+        "device_name": _str_take([d.name for d in devices], dev_i),
         "start": start,
         "end": end,
         "duration": end - start,
