@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 import random
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,3 +202,24 @@ def test_prefetch_passes_batches_and_errors() -> None:
     it = _prefetch(iter(range(1000)), depth=1)
     assert next(it) == 0
     it.close()  # the consumer stops early: the thread is stopped, nothing hangs
+
+
+def test_several_captures_and_no_prefetch(tmp_path: Path) -> None:
+    import pyarrow.compute as pc
+    from tests.flowmeter.handmade import T0, connection, write_pcap
+
+    from iotwatch.flowmeter import meter_captures
+
+    a = write_pcap(tmp_path / "a.pcap", connection(T0) + connection(T0 + 20, sport=40001))
+    b = write_pcap(tmp_path / "b.pcap", connection(T0 + 10, sport=40002))
+    cfg = FlowConfig()
+    both = meter_captures([a, b], cfg).table
+    assert both["capture"].to_pylist() == ["a.pcap", "b.pcap", "a.pcap"]
+    assert both["flow_id"].to_pylist() == [0, 1, 2]
+    for path in (a, b):
+        alone = meter_captures([path], cfg).table.drop_columns(["flow_id"])
+        mine = both.filter(pc.equal(both["capture"], path.name)).drop_columns(["flow_id"])
+        assert mine.equals(alone)
+        assert meter_captures([path], cfg, prefetch=False).table.equals(
+            meter_captures([path], cfg).table
+        )
