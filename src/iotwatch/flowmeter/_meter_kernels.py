@@ -149,6 +149,7 @@ def meter_run(
     dmac: np.ndarray,
     frag: np.ndarray,
     seq: np.ndarray,
+    perm: np.ndarray,
     begin: int,
     end: int,
     keep_proto: np.ndarray,
@@ -165,7 +166,8 @@ def meter_run(
     os_: np.ndarray,
     ot: np.ndarray,
 ) -> int:
-    """Meter packets ``begin:end`` (timestamp order); return the index reached.
+    """Meter packets ``begin:end`` in timestamp order (rows ``perm[begin:end]`` when ``perm`` is
+    not empty); return the index reached.
 
     Less than ``end`` means the pool has no free slot or the output buffer is full: grow/drain
     and call again from there. ``params``: idle, active (ns), timeout_inclusive, vlan_in_key,
@@ -181,7 +183,11 @@ def meter_run(
     n = params[6]
     mask = ht.shape[0] - 1
     out_cap = oi.shape[0]
-    for i in range(begin, end):
+    use_perm = perm.shape[0] > 0
+    for ii in range(begin, end):
+        # rows are read through ``perm`` when the chunk was out of order: sorting an index is
+        # cheaper than permuting sixteen columns (the input is nearly sorted: reads stay local)
+        i = perm[ii] if use_perm else ii
         pr = proto[i]
         if not keep_proto[pr]:
             continue
@@ -190,7 +196,7 @@ def meter_run(
         if drop_nf and frag[i] and sp == 0 and dp == 0:
             continue
         if st[S_FREE] == 0 or st[S_OUT] >= out_cap:
-            return i
+            return ii
         sh, sl, dh, dl = shi[i], slo[i], dhi[i], dlo[i]
         # endpoint a = the smaller (ip, port): the key does not depend on the direction
         a_src = sh < dh or (sh == dh and (sl < dl or (sl == dl and sp <= dp)))

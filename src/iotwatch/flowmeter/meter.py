@@ -100,12 +100,16 @@ class FlowMeter:
             self.done.add(self.ou[:k], self.oi[:k], self.os[:k], self.ot[:k])
             self.st[K.S_OUT] = 0
 
-    def _run(self, c: tuple[np.ndarray, ...], lo: int, hi: int) -> None:
-        """Meter rows ``lo:hi`` of the time-ordered columns ``c``, growing/draining as needed."""
+    def _run(
+        self, c: tuple[np.ndarray, ...], lo: int, hi: int, perm: np.ndarray | None = None
+    ) -> None:
+        """Meter rows ``lo:hi`` of the time-ordered columns ``c`` (of ``c[perm]`` when given),
+        growing the pool and draining the output as needed."""
+        order = _NO_PERM if perm is None else perm
         while lo < hi:
-            lo = K.meter_run(*c, lo, hi, self.keep_proto, self.params, self.ht, self.pu, self.pi,
-                             self.ps, self.pt, self.free, self.st, self.ou, self.oi, self.os,
-                             self.ot)  # fmt: skip
+            lo = K.meter_run(*c, order, lo, hi, self.keep_proto, self.params, self.ht, self.pu,
+                             self.pi, self.ps, self.pt, self.free, self.st, self.ou, self.oi,
+                             self.os, self.ot)  # fmt: skip
             if lo < hi:
                 if self.st[K.S_OUT] >= len(self.oi):
                     self._drain()
@@ -113,7 +117,7 @@ class FlowMeter:
                     cap = len(self.pi)
                     self._alloc_pool(2 * cap, (self.pu, self.pi, self.ps, self.pt))
         if hi > 0:
-            self.done_ts = int(c[0][hi - 1])
+            self.done_ts = int(c[0][hi - 1 if perm is None else perm[hi - 1]])
 
     def _expire(self, everything: bool) -> None:
         """Emit idle flows (or all open flows at the end); close/idle/end_of_capture reasons."""
@@ -189,14 +193,21 @@ class FlowMeter:
         allp = tuple(np.concatenate([p, x]) for p, x in zip(pend, c, strict=True)) if pend else c
         del c
         ts = allp[0]
-        if not bool(np.all(ts[1:] >= ts[:-1])):
-            # only disordered input pays for the sort and the copy
+        if bool(np.all(ts[1:] >= ts[:-1])):
+            watermark = int(ts[-1]) - self.window
+            cut = int(np.searchsorted(ts, watermark, side="right"))
+            self._run(allp, 0, cut)
+            self.pending = tuple(x[cut:] for x in allp)
+        else:
+            # only disordered input pays for the sort: of an index, read through by the kernel;
+            # only the held-back rows are copied (in time order)
             order = np.argsort(ts, kind="stable")
-            allp = tuple(x[order] for x in allp)
-        watermark = int(allp[0][-1]) - self.window
-        cut = int(np.searchsorted(allp[0], watermark, side="right"))
-        self._run(allp, 0, cut)
-        self.pending = tuple(x[cut:] for x in allp)
+            sorted_ts = ts[order]
+            watermark = int(sorted_ts[-1]) - self.window
+            cut = int(np.searchsorted(sorted_ts, watermark, side="right"))
+            self._run(allp, 0, cut, order)
+            rest = order[cut:]
+            self.pending = tuple(x[rest] for x in allp)
         self._sweep_if(cut > 0)
 
     def _sweep_if(self, processed: bool) -> None:
@@ -222,6 +233,9 @@ _COLS = ("ts", "size", "ipver", "proto", "shi", "slo", "dhi", "dlo", "sport", "d
          "vlan", "smac", "dmac", "frag", "seq")  # fmt: skip
 _DTYPES = (np.int64, np.int64, np.uint8, np.uint8, np.uint64, np.uint64, np.uint64, np.uint64,
            np.uint16, np.uint16, np.uint8, np.int32, np.uint64, np.uint64, np.bool_, np.int64)  # fmt: skip
+
+
+_NO_PERM = np.zeros(0, np.int64)  # meter_run reads rows in order
 
 
 class _FinishedFlows:
