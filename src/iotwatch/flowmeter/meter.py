@@ -132,8 +132,8 @@ class FlowMeter:
             self._drain()  # the output buffer was full: empty it and sweep again
 
     # -- ingress ----------------------------------------------------------------------------
-    def _prepare(self, b: PacketBatch) -> tuple[np.ndarray, ...]:
-        """The columns the kernel reads (``_COLS`` order), metered packets only."""
+    def _prepare(self, b: PacketBatch) -> tuple[tuple[np.ndarray, ...], np.ndarray | None]:
+        """The columns the kernel reads (``_COLS`` order) and the metered rows (None: all)."""
         n_all = len(b)
         seq = np.arange(self.seq, self.seq + n_all, dtype=np.int64)
         self.seq += n_all
@@ -146,33 +146,33 @@ class FlowMeter:
                 b.dst_ip_lo, b.sport, b.dport, b.tcp_flags, b.vlan, b.src_mac, b.dst_mac,
                 b.fragment, seq)  # fmt: skip
         cols = tuple(np.asarray(a, dt) for a, dt in zip(cols, _DTYPES, strict=True))
-        # drop unmetered packets here (not in the kernel): the reorder window's watermark and
-        # the late-packet clamp are defined on metered packets only
+        # the metered rows, as an index: the reorder window's watermark and the late-packet
+        # clamp are defined on metered packets only, and the kernel reads through the index
+        # (gathering sixteen columns would cost more than metering them)
         keep = self.keep_proto[cols[3]] if self.filter_protos else None
         if self.drop_nf:
             nonfirst = b.fragment & (b.sport == 0) & (b.dport == 0)
             keep = ~nonfirst if keep is None else keep & ~nonfirst
-        if keep is not None and not keep.all():
-            idx = np.flatnonzero(keep)
-            cols = tuple(a[idx] for a in cols)
-        return cols
+        idx = np.flatnonzero(keep) if keep is not None and not keep.all() else None
+        return cols, idx
 
     def feed(self, batch: PacketBatch) -> None:
         """Meter one batch (packets of one capture, in file order)."""
         if len(batch) == 0:
             return
-        c = self._prepare(batch)
-        if len(c[0]) == 0:
+        c, idx = self._prepare(batch)
+        ts = c[0] if idx is None else c[0][idx]  # timestamps of the metered rows
+        if len(ts) == 0:
             return
-        ts = c[0]
         if self.done_ts is not None and ts.min() < self.done_ts:
             # later than the reorder window: clamp to the processed time, so time stays ordered
-            late = ts < self.done_ts
-            self.late += int(late.sum())
-            c = (np.maximum(ts, self.done_ts), *c[1:])
-        ts = c[0]
+            self.late += int((ts < self.done_ts).sum())
+            clamped = np.maximum(c[0], self.done_ts)  # unmetered rows too: they are never read
+            c = (clamped, *c[1:])
+            ts = clamped if idx is None else clamped[idx]
         in_order = len(ts) < 2 or bool(np.all(ts[1:] >= ts[:-1]))
         pend = self.pending if self.pending and len(self.pending[0]) else ()
+
         if in_order and (not pend or ts[0] >= pend[0][-1]):
             # the common case: pending + batch is already sorted; meter without copying
             watermark = int(ts[-1]) - self.window
@@ -181,15 +181,18 @@ class FlowMeter:
                 self._run(pend, 0, p_cut)
                 if p_cut < len(pend[0]):
                     self.pending = tuple(
-                        np.concatenate([p[p_cut:], x]) for p, x in zip(pend, c, strict=True)
+                        np.concatenate([p[p_cut:], x])
+                        for p, x in zip(pend, _gather(c, idx), strict=True)
                     )
                     self._sweep_if(p_cut > 0)
                     return
             cut = int(np.searchsorted(ts, watermark, side="right"))
-            self._run(c, 0, cut)
-            self.pending = tuple(x[cut:] for x in c)
+            self._run(c, 0, cut, idx)
+            rest = slice(cut, None) if idx is None else idx[cut:]
+            self.pending = tuple(x[rest] for x in c)
             self._sweep_if(cut > 0 or bool(pend))
             return
+        c = _gather(c, idx)
         allp = tuple(np.concatenate([p, x]) for p, x in zip(pend, c, strict=True)) if pend else c
         del c
         ts = allp[0]
@@ -236,6 +239,11 @@ _DTYPES = (np.int64, np.int64, np.uint8, np.uint8, np.uint64, np.uint64, np.uint
 
 
 _NO_PERM = np.zeros(0, np.int64)  # meter_run reads rows in order
+
+
+def _gather(c: tuple[np.ndarray, ...], idx: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """The metered rows of the kernel's columns (all of them when ``idx`` is None)."""
+    return c if idx is None else tuple(x[idx] for x in c)
 
 
 class _FinishedFlows:
