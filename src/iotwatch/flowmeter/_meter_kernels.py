@@ -40,7 +40,7 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _mix(h: np.uint64) -> np.uint64:
     """splitmix64 finaliser: every input bit moves every output bit (keys differ in few bits)."""
     h = h ^ (h >> np.uint64(30))
@@ -375,9 +375,9 @@ def _put_dec(buf: np.ndarray, p: int, v: int) -> int:
 
 @njit(cache=True, nogil=True)
 def _put_v4(buf: np.ndarray, p: int, a: int) -> int:
-    for shift in (24, 16, 8, 0):
-        p = _put_dec(buf, p, (a >> shift) & 0xFF)
-        if shift:
+    for q in range(4):
+        p = _put_dec(buf, p, (a >> (24 - 8 * q)) & 0xFF)
+        if q < 3:
             buf[p] = 46  # '.'
             p += 1
     return p
@@ -433,9 +433,9 @@ def format_ips(hi: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 break
             x = words[w]
             started = False
-            for s in (12, 8, 4, 0):
-                d = (x >> s) & 0xF
-                if d or started or s == 0:
+            for q in range(4):
+                d = (x >> (12 - 4 * q)) & 0xF
+                if d or started or q == 3:
                     buf[p] = _HEX[d]
                     p += 1
                     started = True
