@@ -227,3 +227,36 @@ def test_several_captures_and_no_prefetch(tmp_path: Path) -> None:
         assert meter_captures([path], cfg, prefetch=False).table.equals(
             meter_captures([path], cfg).table
         )
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_streamed_parquet_equals_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shuffle: bool
+) -> None:
+    import pyarrow.parquet as pq
+    from tests.flowmeter.handmade import T0, connection, tcp, write_pcap
+
+    from iotwatch.flowmeter import meter as M
+    from iotwatch.flowmeter import meter_captures
+
+    # a long capture: 200 connections 3 s apart (ports reused), a slow trickle through it all
+    pk = []
+    for i in range(200):
+        pk += connection(T0 + 3 * i, sport=40000 + i % 5, close=("fin", "rst", "none")[i % 3])
+    pk += [tcp(T0 + 7 * i + 0.01, "10.0.0.9", "10.0.0.1", 5555, 80, "A", 1) for i in range(80)]
+    pk.sort(key=lambda p: float(p.time))
+    if shuffle:
+        rnd = random.Random(2)
+        for i in range(0, len(pk) - 3, 3):
+            if rnd.random() < 0.5:
+                pk[i], pk[i + 2] = pk[i + 2], pk[i]
+    path = write_pcap(tmp_path / "long.pcap", pk)
+    cfg = dataclasses.replace(FlowConfig(), idle_timeout=5.0, active_timeout=20.0)
+    whole = meter_captures([path], cfg).table
+    monkeypatch.setattr(M, "STREAM_ROWS", 4)
+    out = tmp_path / "s.parquet"
+    res = meter_captures([path], cfg, chunk_packets=16, out=out)
+    assert res.table is None and res.rows == whole.num_rows > 200
+    assert pq.read_metadata(out).num_row_groups > 10  # written as flows became final
+    assert pq.read_table(out).equals(whole)
+    assert f"{whole.num_rows} flows" in res.summary_line()

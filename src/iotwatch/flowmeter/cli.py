@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -58,14 +59,22 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             raise InputError(f"{path}: no such capture file")
     big = sum(p.stat().st_size for p in args.captures) >= PROGRESS_MIN_BYTES
-    result = meter_captures(args.captures, config, inventory, progress=big and not args.quiet)
-    stats = result.stats
-    if stats.packets_read == 0 and stats.issues:
-        # nothing could be read at all (not a capture, or cut before its first record)
-        for issue in stats.issues[:MAX_ISSUES_SHOWN]:
-            print(f"iotwatch flows: error: {issue}", file=sys.stderr)
-        return 2
-    result.to_parquet(args.out)
+    # the table is streamed to a temporary file next to --out (row groups as flows become
+    # final: memory stays bounded on long captures) and renamed once the run is known good
+    tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
+    try:
+        result = meter_captures(
+            args.captures, config, inventory, progress=big and not args.quiet, out=tmp
+        )
+        stats = result.stats
+        if stats.packets_read == 0 and stats.issues:
+            # nothing could be read at all (not a capture, or cut before its first record)
+            for issue in stats.issues[:MAX_ISSUES_SHOWN]:
+                print(f"iotwatch flows: error: {issue}", file=sys.stderr)
+            return 2
+        os.replace(tmp, args.out)
+    finally:
+        tmp.unlink(missing_ok=True)
     if not args.quiet:
         print(f"iotwatch flows: {result.summary_line()} -> {args.out}", file=sys.stderr)
     for issue in stats.issues[:MAX_ISSUES_SHOWN]:

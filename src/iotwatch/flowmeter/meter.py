@@ -218,6 +218,26 @@ class FlowMeter:
         if processed:
             self._expire(everything=False)
 
+    def final_flows(
+        self, min_rows: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+        """Finished flows no later flow can precede in the table's order, once ``min_rows`` wait.
+
+        Every flow finished from now on starts at or after the earliest start among the open
+        flows and at or after the processed time (later packets are clamped to it), so the
+        finished flows that started before both are final: they can be written out, in order,
+        and memory holds only the flows of the last idle + active timeouts.
+        """
+        self._drain()
+        if self.done.rows < min_rows or self.done_ts is None:
+            return None
+        bound = self.done_ts
+        used = self.pi[:, K.I_USED] != 0
+        if used.any():
+            bound = min(bound, int(self.pi[used, K.I_T0].min()))
+        flows, feats = self.done.pop_before(bound)
+        return (flows, feats) if len(flows["start"]) else None
+
     def finish(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Flush the reorder buffer and the open flows; return (flows, features) in a/b order."""
         if self.pending and len(self.pending[0]):
@@ -271,18 +291,33 @@ class _FinishedFlows:
 
     def __init__(self, n: int) -> None:
         self.n = n
+        self.rows = 0
         self.cols: dict[str, list[np.ndarray]] = {k: [] for k in (*self._FROM, *self._FEAT)}
 
     def add(self, ou: np.ndarray, oi: np.ndarray, os_: np.ndarray, ot: np.ndarray) -> None:
         """Keep output rows as typed column copies (the kernel's buffers are reused)."""
+        self.rows += len(oi)
         src = {"u": ou, "i": oi, "s": os_, "t": ot}
         for name, (which, j, dtype) in self._FROM.items():
             self.cols[name].append(src[which][:, j].astype(dtype))
         for name, (which, d) in self._FEAT.items():
             self.cols[name].append(src[which][:, d, :].copy())
 
+    def pop_before(self, bound: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Take the flows that started before ``bound`` (ns); keep the others."""
+        flows, feats = self.result()
+        early = flows["start"] < bound
+        late = ~early
+        self.cols = {k: [] for k in (*self._FROM, *self._FEAT)}
+        for d in (flows, feats):
+            for k, v in d.items():
+                self.cols[k].append(v[late])
+        self.rows = int(late.sum())
+        return {k: v[early] for k, v in flows.items()}, {k: v[early] for k, v in feats.items()}
+
     def result(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(flows, features) columns in a/b endpoint order; the chunks are consumed."""
+        self.rows = 0
         out: dict[str, np.ndarray] = {}
         for name in list(self.cols):
             chunks = self.cols.pop(name)
@@ -457,8 +492,11 @@ def build_table(
     captures: np.ndarray | list[str],
     config: FlowConfig,
     inventory: Inventory | None = None,
+    first_id: int = 0,
 ) -> pa.Table:
     """Orient flows to the device side and build the documented table, sorted by (start, id).
+
+    ``first_id``: the flow_id of the first row (a block of a table written in parts).
 
     ``flows`` and ``feats`` are consumed: reordered in place (each unsorted column is freed as
     its sorted copy is made) and emptied as the table takes their data, to keep the peak low.
@@ -498,7 +536,7 @@ def build_table(
     b_s, b_r = sel(fl["bab"], fl["bba"]), sel(fl["bba"], fl["bab"])
     cols: dict[str, Any] = {
         "capture": caps,
-        "flow_id": np.arange(len(start), dtype=np.int64),
+        "flow_id": np.arange(first_id, first_id + len(start), dtype=np.int64),
         "proto": fl["proto"].astype(np.uint8),
         "ip_version": fl["ipver"].astype(np.uint8),
         "vlan": fl["vlan"].astype(np.int32),
@@ -556,9 +594,14 @@ def build_table(
 class FlowResult:
     """Flows of some captures: the table and what the reader saw."""
 
-    table: pa.Table
+    table: pa.Table | None  # None when the flows were streamed to a Parquet file
     stats: ReadStats = field(default_factory=ReadStats)
     late_packets: int = 0
+    rows: int = -1  # flows (the table's rows, also when it was streamed)
+
+    def __post_init__(self) -> None:
+        if self.rows < 0 and self.table is not None:
+            self.rows = self.table.num_rows
 
     def summary_line(self) -> str:
         """One line: files, packets read, skipped by reason, flows, issues."""
@@ -569,7 +612,7 @@ class FlowResult:
             f"{s.files} file(s)",
             f"{s.packets_read} packets read",
             f"{skipped} skipped" + (f" ({reasons})" if reasons else ""),
-            f"{self.table.num_rows} flows",
+            f"{self.rows} flows",
             f"{len(s.issues)} issue(s)",
         ]
         if self.late_packets:
@@ -580,12 +623,17 @@ class FlowResult:
         """Write the flow table as Parquet (parent folders created)."""
         import pyarrow.parquet as pq
 
+        if self.table is None:
+            raise ValueError("the flows were streamed to a Parquet file: no table to write")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # dictionary-encode only the string columns: on numeric and feature columns (mostly
-        # distinct values) it costs half the write time and makes the file larger, not smaller
-        strings = [f.name for f in self.table.schema if pa.types.is_string(f.type)]
-        pq.write_table(self.table, path, use_dictionary=strings)
+        pq.write_table(self.table, path, use_dictionary=_dictionary_columns(self.table.schema))
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Dictionary-encode only the string columns: on numeric and feature columns (mostly
+    distinct values) it costs half the write time and makes the file larger, not smaller."""
+    return [f.name for f in schema if pa.types.is_string(f.type)]
 
 
 Reader = Callable[..., Iterator[PacketBatch]]
@@ -655,11 +703,16 @@ def meter_captures(
     chunk_packets: int = DEFAULT_CHUNK,
     reader: Reader | None = None,
     prefetch: bool = True,
+    out: str | Path | None = None,
 ) -> FlowResult:
     """Meter captures into one flow table (each capture's flows are its own).
 
     ``prefetch``: decode in a second thread while this one meters (both are numba kernels that
     release the GIL, so the two cores overlap reading and metering).
+    ``out``: with a single capture, stream the table to this Parquet file in row groups as flows
+    become final (memory then holds the flows of the last idle + active timeouts, not all of
+    them; the result's ``table`` is None). With several captures the table is built in memory
+    and written to ``out`` at the end (their flows interleave by start time).
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -675,6 +728,13 @@ def meter_captures(
 
         total = sum(p.stat().st_size for p in paths if p.is_file())
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="flows", leave=False, disable=None)
+    if out is not None and len(paths) == 1:
+        try:
+            return _meter_streaming(paths[0], config, inventory, bar, chunk_packets, read,
+                                    prefetch, Path(out), stats)  # fmt: skip
+        finally:
+            if bar is not None:
+                bar.close()
     late = 0
     try:
         for i, path in enumerate(paths):
@@ -701,4 +761,51 @@ def meter_captures(
         feats = {k: np.concatenate([f[k] for f in all_feats]) for k in all_feats[0]}
     del all_flows, all_feats
     table = build_table(flows, feats, names, config, inventory)
-    return FlowResult(table=table, stats=stats, late_packets=late)
+    result = FlowResult(table=table, stats=stats, late_packets=late)
+    if out is not None:
+        result.to_parquet(out)
+    return result
+
+
+STREAM_ROWS = 262_144  # final flows gathered before a row group is written (streaming mode)
+
+
+def _meter_streaming(
+    path: Path,
+    config: FlowConfig,
+    inventory: Inventory | None,
+    bar: Any,
+    chunk_packets: int,
+    read: Reader,
+    prefetch: bool,
+    out: Path,
+    stats: ReadStats,
+) -> FlowResult:
+    """One capture to a Parquet file, a row group per block of final flows."""
+    import pyarrow.parquet as pq
+
+    schema = flow_schema(config.n_packets)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with pq.ParquetWriter(out, schema, use_dictionary=_dictionary_columns(schema)) as writer:
+
+        def write(flows: dict[str, np.ndarray], feats: dict[str, np.ndarray]) -> None:
+            nonlocal written
+            flows["file"] = np.zeros(len(flows["seq0"]), np.int64)
+            table = build_table(flows, feats, [path.name], config, inventory, first_id=written)
+            if table.num_rows or not written:
+                writer.write_table(table)
+            written += table.num_rows
+
+        meter = FlowMeter(config)
+        tick = bar.update if bar is not None else None
+        batches = read([path], stats, chunk_packets=chunk_packets, progress=tick)
+        for batch in _prefetch(batches) if prefetch else batches:
+            meter.feed(batch)
+            block = meter.final_flows(STREAM_ROWS)
+            if block is not None:
+                write(*block)
+        batch = batches = None
+        late = meter.late
+        write(*meter.finish())
+    return FlowResult(table=None, stats=stats, late_packets=late, rows=written)
