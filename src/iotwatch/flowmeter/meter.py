@@ -114,14 +114,20 @@ class FlowMeter:
                 if self.st[K.S_OUT] >= len(self.oi):
                     self._drain()
                 if self.st[K.S_FREE] == 0:
+                    # pool full: first sweep the flows idle at the last metered packet's time
+                    # (the same end as at the chunk's end); grow only if that frees too little
                     cap = len(self.pi)
-                    self._alloc_pool(2 * cap, (self.pu, self.pi, self.ps, self.pt))
+                    self._expire(everything=False, now=int(self.st[K.S_NOW]))
+                    if self.st[K.S_FREE] < max(1, cap // 4):
+                        self._alloc_pool(2 * cap, (self.pu, self.pi, self.ps, self.pt))
         if hi > 0:
             self.done_ts = int(c[0][hi - 1 if perm is None else perm[hi - 1]])
 
-    def _expire(self, everything: bool) -> None:
-        """Emit idle flows (or all open flows at the end); close/idle/end_of_capture reasons."""
-        now = self.done_ts if self.done_ts is not None else 0
+    def _expire(self, everything: bool, now: int | None = None) -> None:
+        """Emit flows idle at ``now`` (default: the processed time), or all open flows at the
+        end; close/idle/end_of_capture reasons."""
+        if now is None:
+            now = self.done_ts if self.done_ts is not None else 0
         f, cap = 0, len(self.pi)
         while True:
             f = K.expire(now, self.idle, self.cfg.timeout_inclusive, everything, cap, self.ht,
@@ -767,7 +773,7 @@ def meter_captures(
     return result
 
 
-STREAM_ROWS = 262_144  # final flows gathered before a row group is written (streaming mode)
+STREAM_ROWS = 65_536  # final flows gathered before a row group is written (streaming mode)
 
 
 def _meter_streaming(
@@ -790,12 +796,18 @@ def _meter_streaming(
     with pq.ParquetWriter(out, schema, use_dictionary=_dictionary_columns(schema)) as writer:
 
         def write(flows: dict[str, np.ndarray], feats: dict[str, np.ndarray]) -> None:
+            # in table order, STREAM_ROWS rows at a time: the table's temporaries stay small
             nonlocal written
-            flows["file"] = np.zeros(len(flows["seq0"]), np.int64)
-            table = build_table(flows, feats, [path.name], config, inventory, first_id=written)
-            if table.num_rows or not written:
-                writer.write_table(table)
-            written += table.num_rows
+            order = np.lexsort((flows["seq0"], flows["start"]))
+            for lo in range(0, max(len(order), 1), STREAM_ROWS):
+                idx = order[lo : lo + STREAM_ROWS]
+                part = {k: v[idx] for k, v in flows.items()}
+                part["file"] = np.zeros(len(idx), np.int64)
+                part_feats = {k: v[idx] for k, v in feats.items()}
+                table = build_table(part, part_feats, [path.name], config, inventory, written)
+                if table.num_rows or not written:
+                    writer.write_table(table)
+                written += table.num_rows
 
         meter = FlowMeter(config)
         tick = bar.update if bar is not None else None
