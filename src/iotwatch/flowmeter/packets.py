@@ -25,10 +25,14 @@ class PacketBatch:
     ip_version: np.ndarray  # uint8, 4 or 6
     proto: np.ndarray  # uint8, transport protocol (after IPv6 extension headers)
     src_ip_hi: np.ndarray  # uint64, high 64 bits of the source address (IPv4: 0)
-    src_ip_lo: np.ndarray  # uint64, low 64 bits (IPv4: 0xffff_0000_0000 | addr, i.e. ::ffff:a.b.c.d)
+    src_ip_lo: (
+        np.ndarray
+    )  # uint64, low 64 bits (IPv4: 0xffff_0000_0000 | addr, i.e. ::ffff:a.b.c.d)
     dst_ip_hi: np.ndarray  # uint64
     dst_ip_lo: np.ndarray  # uint64
-    sport: np.ndarray  # uint16, 0 when the protocol has no ports or the packet is a non-first fragment
+    sport: (
+        np.ndarray
+    )  # uint16, 0 when the protocol has no ports or the packet is a non-first fragment
     dport: np.ndarray  # uint16
     tcp_flags: np.ndarray  # uint8, TCP flags byte (0 for other protocols)
     vlan: np.ndarray  # int32, innermost 802.1Q VLAN id, -1 when untagged
