@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from iotwatch.errors import ConfigError
+from iotwatch.errors import ConfigError, InputError
 
 T = TypeVar("T")
 
@@ -111,18 +111,71 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return fix(out)
 
 
+def read_yaml_mapping(path: Path | str) -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping, with a clear error naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
 def read_params(path: Path | str = "params.yaml") -> dict[str, Any]:
     """Read params.yaml (the composed configuration DVC tracks)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: not found; run `iotwatch params` to compose it from conf/")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
+    data = read_yaml_mapping(path)
+    if not data:
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
+
+
+# The source tree's conf/, for when no project is found above the working directory.
+_SOURCE_CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def find_conf_dir(start: Path | None = None) -> Path:
+    """The nearest conf/ with a config.yaml, searched upward from cwd, then the source tree."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "conf" / "config.yaml").is_file():
+            return folder / "conf"
+    if (_SOURCE_CONF / "config.yaml").is_file():
+        return _SOURCE_CONF
+    raise ConfigError(f"no conf/config.yaml found above {here}")
+
+
+def find_profile(group: str, name_or_path: str | Path, start: Path | None = None) -> Path:
+    """A profile of config group ``group``: a YAML file path, or a name looked up as
+    ``conf/<group>/<name>.yaml`` upward from cwd, then in the source tree."""
+    text = str(name_or_path)
+    path = Path(text)
+    if text.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise InputError(f"{path}: {group} profile file not found")
+        return path
+    if not text.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(
+            f"{group} profile '{text}': expected a name like 'default' or a .yaml path"
+        )
+    here = (start or Path.cwd()).resolve()
+    for folder in (*(d / "conf" for d in (here, *here.parents)), _SOURCE_CONF):
+        candidate = folder / group / f"{text}.yaml"
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in (_SOURCE_CONF / group).glob("*.yaml"))
+    raise ConfigError(
+        f"{group} profile '{text}': no conf/{group}/{text}.yaml above {here} "
+        f"or in {_SOURCE_CONF} (known: {known})"
+    )
 
 
 def section(params: dict[str, Any], key: str, source: str = "params.yaml") -> dict[str, Any]:

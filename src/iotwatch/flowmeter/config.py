@@ -7,10 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
-from iotwatch.config import from_dict
-from iotwatch.errors import ConfigError
+from iotwatch.config import find_profile, from_dict, read_yaml_mapping
 
 # Protocol names accepted in ``protocols`` (numbers are accepted too, as text or int).
 PROTOCOL_NUMBERS = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "icmpv6": 58}
@@ -84,32 +81,7 @@ class FlowConfig:
         return out
 
 
-def profiles_dir(start: Path | None = None) -> Path:
-    """The conf/flows folder: searched upward from ``start`` (cwd), else the package's repo."""
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "conf" / "flows").is_dir():
-            return folder / "conf" / "flows"
-    return Path(__file__).resolve().parents[3] / "conf" / "flows"
-
-
 def load_profile(name_or_path: str | Path = "default") -> FlowConfig:
     """Load a flow profile: a name in conf/flows/ or a path to a YAML file."""
-    text = str(name_or_path)
-    path = Path(text)
-    if not (text.endswith((".yaml", ".yml")) or path.is_file()):
-        path = profiles_dir() / f"{text}.yaml"
-        if not path.is_file():
-            known = (
-                sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
-            )
-            raise ConfigError(f"flow profile '{text}' not found in {path.parent} (known: {known})")
-    if not path.is_file():
-        raise ConfigError(f"{path}: flow profile file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of FlowConfig keys")
-    return from_dict(FlowConfig, data, where=str(path))
+    path = find_profile("flows", name_or_path)
+    return from_dict(FlowConfig, read_yaml_mapping(path), where=str(path))

@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
+from iotwatch.config import find_conf_dir
 from iotwatch.errors import ConfigError
-from iotwatch.pipeline.project import find_conf_dir
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,6 @@ def _rerooted(data: dict[str, Any], stages: list[str], job_dir: Path) -> dict[st
     keys = {"metrics_dir"} | {k for s in stages for k in STAGES[s].outputs}
     for key in keys:
         paths[key] = str(job_dir / paths[key])
-    # the model's JSON sidecar and plots follow the model; figures follow the job.
     return {**data, "paths": paths}
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from iotwatch.config import find_conf_dir
 from iotwatch.errors import ConfigError
-from iotwatch.pipeline.project import find_conf_dir
 
 
 def compose_params(overrides: list[str], conf_dir: Path | None = None) -> str:

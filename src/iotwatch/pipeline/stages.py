@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from iotwatch.config import from_dict, read_params, section, to_dict
+from iotwatch.config import from_dict, read_params, section
 from iotwatch.errors import ConfigError, InputError
 from iotwatch.paths import DatasetConfig, PathsConfig
 from iotwatch.tracking import StageRun, TrackingConfig, stage_run
@@ -102,6 +102,7 @@ def _meter_dataset(
     import pyarrow as pa
 
     from iotwatch.flowmeter import meter_captures
+    from iotwatch.flowmeter.packets import ReadStats
     from iotwatch.inventory import load_inventory
 
     files = list_captures(captures)
@@ -113,46 +114,37 @@ def _meter_dataset(
     if ds.inventory_format == "sentinel":
         # One folder per device type, each labelled by its own MAC only: two folders may
         # share a MAC (HueSwitch / HueBridge), so a global inventory would mislabel them.
-        groups: dict[Path, list[Path]] = {}
+        folders: dict[Path, list[Path]] = {}
         for f in files:
-            groups.setdefault(f.parent, []).append(f)
-        tables, read, kept, flows_n = [], 0, 0, 0
-        skipped: dict[str, int] = {}
-        issues: list[str] = []
-        for folder, group in sorted(groups.items()):
+            folders.setdefault(f.parent, []).append(f)
+        groups = []
+        for folder, group in sorted(folders.items()):
             try:
-                inv = load_inventory(folder, "sentinel-folder")
+                groups.append((group, load_inventory(folder, "sentinel-folder")))
             except InputError as exc:
                 log.warning("%s", exc)
-                continue
-            res = meter_captures(group, flow_cfg, inventory=inv, progress=False)
-            tables.append(res.table)
-            read += res.stats.packets_read
-            kept += res.stats.packets_kept
-            for k, v in res.stats.skipped.items():
-                skipped[k] = skipped.get(k, 0) + v
-            issues += [str(i) for i in res.stats.issues]
-            flows_n += res.table.num_rows
-        table = pa.concat_tables(tables) if tables else None
-        metrics = {"files": len(files), "packets_read": read, "packets_kept": kept,
-                   "skipped": skipped, "issues": len(issues), "flows": flows_n}  # fmt: skip
-        for issue in issues[:10]:
-            log.warning("%s", issue)
-        return table, metrics
-    inv = load_inventory(ds.inventory, ds.inventory_format)
-    res = meter_captures(files, flow_cfg, inventory=inv, progress=True)
-    log.info("%s", res.summary_line())
-    for issue in res.stats.issues[:10]:
+    else:
+        groups = [(files, load_inventory(ds.inventory, ds.inventory_format))]
+    stats = ReadStats()
+    tables = []
+    for group, inv in groups:
+        res = meter_captures(group, flow_cfg, inventory=inv, progress=len(groups) == 1)
+        if len(groups) == 1:
+            log.info("%s", res.summary_line())
+        stats.merge(res.stats)
+        tables.append(res.table)
+    for issue in stats.issues[:10]:
         log.warning("%s", issue)
+    table = pa.concat_tables(tables) if tables else None
     metrics = {
         "files": len(files),
-        "packets_read": res.stats.packets_read,
-        "packets_kept": res.stats.packets_kept,
-        "skipped": dict(res.stats.skipped),
-        "issues": len(res.stats.issues),
-        "flows": res.table.num_rows,
+        "packets_read": stats.packets_read,
+        "packets_kept": stats.packets_kept,
+        "skipped": dict(stats.skipped),
+        "issues": len(stats.issues),
+        "flows": sum(t.num_rows for t in tables),
     }
-    return res.table, metrics
+    return table, metrics
 
 
 def _flows_per_type(table: Any) -> dict[str, int]:
@@ -291,8 +283,3 @@ def main(argv: list[str]) -> int:
     params = params_from_dict(read_params(args.params), str(args.params))
     run_stage(args.name, params)
     return 0
-
-
-def describe(params: Params) -> dict[str, Any]:
-    """Plain-dict view (for logging)."""
-    return {"seed": params.seed, "paths": to_dict(params.paths), "dataset": to_dict(params.dataset)}

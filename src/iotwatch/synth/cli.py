@@ -7,47 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from iotwatch.errors import ConfigError, InputError
-
-
-def find_profile(profile: str, cwd: Path | None = None) -> Path:
-    """Resolve a profile name (conf/synth/NAME.yaml, searched upward from cwd) or a YAML path."""
-    p = Path(profile)
-    if p.suffix in (".yaml", ".yml"):
-        if not p.is_file():
-            raise InputError(f"{p}: profile file not found")
-        return p
-    if not profile.replace("_", "").replace("-", "").isalnum():
-        raise ConfigError(f"profile '{profile}': expected a name like 'default' or a .yaml path")
-    here = (cwd or Path.cwd()).resolve()
-    for d in [here, *here.parents]:
-        cand = d / "conf" / "synth" / f"{profile}.yaml"
-        if cand.is_file():
-            return cand
-    cand = Path(__file__).resolve().parents[3] / "conf" / "synth" / f"{profile}.yaml"
-    if cand.is_file():
-        return cand
-    raise ConfigError(
-        f"profile '{profile}': no conf/synth/{profile}.yaml above {here} or in the package"
-    )
-
 
 def load_config(
     profile: str = "default", seed: int | None = None, days: float | None = None
 ) -> Any:
     """Read a profile into a SynthConfig, applying seed/days overrides."""
-    from iotwatch.config import from_dict
+    from iotwatch.config import find_profile, from_dict, read_yaml_mapping
     from iotwatch.synth.config import SynthConfig
 
-    path = find_profile(profile)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    path = find_profile("synth", profile)
+    data = read_yaml_mapping(path)
     if seed is not None:
         data["seed"] = seed
     if days is not None:
