@@ -86,8 +86,8 @@ def main(argv: list[str]) -> int:
             metrics = run_stage(name, params)
         # A scalar return lets sweepers optimise; the best classifier's accuracy by default.
         best = metrics.get("best_model") if isinstance(metrics, dict) else None
-        if isinstance(best, str) and isinstance(metrics.get(best), dict):
-            return float(metrics[best].get("accuracy", 0.0))
+        if isinstance(best, dict) and "accuracy" in best:
+            return float(best["accuracy"])
         return None
 
     app = hydra.main(config_path=str(conf_dir), config_name="config", version_base="1.3")(task)
