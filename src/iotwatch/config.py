@@ -173,7 +173,7 @@ def find_profile(group: str, name_or_path: str | Path, start: Path | None = None
             return candidate
     known = sorted(p.stem for p in (_SOURCE_CONF / group).glob("*.yaml"))
     raise ConfigError(
-        f"{group} profile '{text}': no conf/{group}/{text}.yaml above {here} "
+        f"{group} profile '{text}' not found: no conf/{group}/{text}.yaml above {here} "
         f"or in {_SOURCE_CONF} (known: {known})"
     )
 
