@@ -1,3 +1,3 @@
-from iotwatch.cli import main
+from iotwatch.cli import entry
 
-raise SystemExit(main())
+entry()
