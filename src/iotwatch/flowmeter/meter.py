@@ -773,7 +773,51 @@ def meter_captures(
     return result
 
 
-STREAM_ROWS = 65_536  # final flows gathered before a row group is written (streaming mode)
+STREAM_ROWS = 65_536  # final flows gathered before row groups are written (streaming mode)
+ROW_GROUP = 32_768  # rows per row group: a table part is built while the previous is written
+
+
+class _BackgroundWriter:
+    """A ParquetWriter fed through a short queue and written by a thread of its own.
+
+    Parquet encoding and compression release the GIL, so building the next part of the table
+    (numpy, in this thread) overlaps writing the previous one. A write error is re-raised by the
+    next ``put`` or by ``close``.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        import queue
+        import threading
+
+        import pyarrow.parquet as pq
+
+        self._writer = pq.ParquetWriter(path, schema, use_dictionary=_dictionary_columns(schema))
+        self._q: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="flowmeter-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (table := self._q.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write_table(table)
+                except BaseException as exc:  # raised in the owner's thread
+                    self._error = exc
+
+    def put(self, table: pa.Table) -> None:
+        """Queue one part (blocks while two parts wait)."""
+        if self._error is not None:
+            raise self._error
+        self._q.put(table)
+
+    def close(self) -> None:
+        """Write what is queued, close the file; raise the first write error."""
+        self._q.put(None)
+        self._thread.join()
+        self._writer.close()
+        if self._error is not None:
+            raise self._error
 
 
 def _meter_streaming(
@@ -788,27 +832,26 @@ def _meter_streaming(
     stats: ReadStats,
 ) -> FlowResult:
     """One capture to a Parquet file, a row group per block of final flows."""
-    import pyarrow.parquet as pq
-
     schema = flow_schema(config.n_packets)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    with pq.ParquetWriter(out, schema, use_dictionary=_dictionary_columns(schema)) as writer:
+    writer = _BackgroundWriter(out, schema)
 
-        def write(flows: dict[str, np.ndarray], feats: dict[str, np.ndarray]) -> None:
-            # in table order, STREAM_ROWS rows at a time: the table's temporaries stay small
-            nonlocal written
-            order = np.lexsort((flows["seq0"], flows["start"]))
-            for lo in range(0, max(len(order), 1), STREAM_ROWS):
-                idx = order[lo : lo + STREAM_ROWS]
-                part = {k: v[idx] for k, v in flows.items()}
-                part["file"] = np.zeros(len(idx), np.int64)
-                part_feats = {k: v[idx] for k, v in feats.items()}
-                table = build_table(part, part_feats, [path.name], config, inventory, written)
-                if table.num_rows or not written:
-                    writer.write_table(table)
-                written += table.num_rows
+    def write(flows: dict[str, np.ndarray], feats: dict[str, np.ndarray]) -> None:
+        # in table order, ROW_GROUP rows at a time: the table's temporaries stay small
+        nonlocal written
+        order = np.lexsort((flows["seq0"], flows["start"]))
+        for lo in range(0, max(len(order), 1), ROW_GROUP):
+            idx = order[lo : lo + ROW_GROUP]
+            part = {k: v[idx] for k, v in flows.items()}
+            part["file"] = np.zeros(len(idx), np.int64)
+            part_feats = {k: v[idx] for k, v in feats.items()}
+            table = build_table(part, part_feats, [path.name], config, inventory, written)
+            if table.num_rows or not written:
+                writer.put(table)
+            written += table.num_rows
 
+    try:
         meter = FlowMeter(config)
         tick = bar.update if bar is not None else None
         batches = read([path], stats, chunk_packets=chunk_packets, progress=tick)
@@ -820,4 +863,6 @@ def _meter_streaming(
         batch = batches = None
         late = meter.late
         write(*meter.finish())
+    finally:
+        writer.close()
     return FlowResult(table=None, stats=stats, late_packets=late, rows=written)
