@@ -3,13 +3,14 @@
 State lives in numpy arrays owned by ``meter.FlowMeter`` (so it survives between chunks and the
 kernels stay pure functions with few, fixed signatures that ``cache=True`` compiles once):
 
-- a *pool* of flow records: ``pu`` (uint64 columns ``U_*``), ``pi`` (int64 columns ``I_*``),
-  ``ps`` (int32 ``[slot, direction, rank]`` first-N sizes, -1 = absent) and ``pt`` (int64 times);
+- a *pool* of flow records: ``pu`` (uint64 columns ``U_*``: hash, key, MACs) and ``pi`` (int64
+  columns ``I_*``: times, counters, packed small fields), one cache line each per flow; ``ps``
+  (int32 ``[slot, direction, rank]`` first-N sizes, -1 = absent) and ``pt`` (int64 times);
   free slots are a stack in ``free``;
 - ``ht``: an open-addressing (linear probing) hash table of pool slots, -1 = empty, deleted with
   backward shift (no tombstones, so probe lengths stay short however many flows come and go);
-- output buffers with the pool's layout that receive finished flows (``I_USED`` holds the
-  end reason there).
+- output buffers with the pool's layout that receive finished flows (the end reason is packed
+  into ``I_MISC`` there).
 
 The kernels stop early (and say where) when the pool has no free slot or the output buffer is
 full; the Python side grows or drains them and calls again, so no kernel ever allocates.
@@ -20,20 +21,27 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# uint64 record columns
-U_A_HI, U_A_LO, U_B_HI, U_B_LO, U_MAC_A, U_MAC_B, U_H = range(7)
-NU = 7
-# int64 record columns
-(I_T0, I_TL, I_SEQ0, I_PAB, I_PBA, I_BAB, I_BBA, I_FLAGS, I_PROTO, I_IPVER, I_A_PORT, I_B_PORT,
- I_KVLAN, I_VLAN, I_INIT_A, I_USED) = range(16)  # fmt: skip
-NI = 16
-I_REASON = I_USED  # in the output buffers the slot's "used" column holds the end reason
+# A flow record is two 64-byte rows, one per array, each exactly one cache line (the pool is
+# allocated 64-byte aligned): metering a packet touches the hash table, these two lines and,
+# for the first N packets of a direction, one line of each feature array. Everything a packet
+# compares or updates is packed into them.
+# uint64 record columns: the key (hash, endpoint a and b addresses, ports/protocol/VLAN) and MACs
+U_H, U_A_HI, U_A_LO, U_B_HI, U_B_LO, U_SMALL, U_MAC_A, U_MAC_B = range(8)
+NU = 8
+# int64 record columns: times, counters, the first packet's file order, packed small fields
+I_T0, I_TL, I_PAB, I_PBA, I_BAB, I_BBA, I_SEQ0, I_MISC = range(8)
+NI = 8
+# U_SMALL: port a (bits 0-15), port b (16-31), protocol (32-39), key VLAN (40-55)
+# I_MISC: TCP close flags (bits 0-2), initiator is a (3), slot used (4), IP version (8-15),
+# end reason in the output buffers (16-23), VLAN seen, signed (32-63)
+_F_FA, _F_FB, _F_RST = 1, 2, 4
+M_INIT_A, M_USED = 8, 16
+M_IPVER_SHIFT, M_REASON_SHIFT, M_VLAN_SHIFT = 8, 16, 32
 
 # state scalars (st array)
 S_FREE, S_OUT, S_NOW = range(3)
 
 IDLE, ACTIVE, CLOSE, EOC = 0, 1, 2, 3  # indices into schema.END_REASONS
-_F_FA, _F_FB, _F_RST = 1, 2, 4
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -51,9 +59,8 @@ def _mix(h: np.uint64) -> np.uint64:
 
 
 @njit(cache=True, nogil=True)
-def _closed(pi: np.ndarray, f: int) -> bool:
-    fl = pi[f, I_FLAGS]
-    return (fl & _F_RST) != 0 or ((fl & _F_FA) != 0 and (fl & _F_FB) != 0)
+def _closed(misc: int) -> bool:
+    return (misc & _F_RST) != 0 or ((misc & _F_FA) != 0 and (misc & _F_FB) != 0)
 
 
 @njit(cache=True, nogil=True)
@@ -94,7 +101,7 @@ def _ht_insert(ht: np.ndarray, h: np.uint64, f: int) -> None:
 def rehash(ht: np.ndarray, pu: np.ndarray, pi: np.ndarray, used_upto: int) -> None:
     """Fill an empty (all -1) table with the used pool slots below ``used_upto``."""
     for f in range(used_upto):
-        if pi[f, I_USED] != 0:
+        if pi[f, I_MISC] & M_USED:
             _ht_insert(ht, pu[f, U_H], f)
 
 
@@ -123,9 +130,11 @@ def _emit(
         for r in range(ps.shape[2]):
             os_[k, d, r] = ps[f, d, r]
             ot[k, d, r] = pt[f, d, r]
-    oi[k, I_REASON] = CLOSE if _closed(pi, f) else reason
+    misc = pi[f, I_MISC]
+    why = CLOSE if _closed(misc) else reason
+    oi[k, I_MISC] = (misc & ~np.int64(0xFF << M_REASON_SHIFT)) | (np.int64(why) << M_REASON_SHIFT)
     st[S_OUT] = k + 1
-    pi[f, I_USED] = 0
+    pi[f, I_MISC] = misc & ~np.int64(M_USED)
     st[S_FREE] += 1
     # the free stack is stored after the pool's slot numbers: free[0:S_FREE] are free slots
     return
@@ -224,10 +233,7 @@ def meter_run(
                 and pu[g, U_B_LO] == bl
                 and pu[g, U_A_HI] == ah
                 and pu[g, U_B_HI] == bh
-                and pi[g, I_A_PORT] == np.int64(ap)
-                and pi[g, I_B_PORT] == np.int64(bp)
-                and pi[g, I_PROTO] == np.int64(pr)
-                and pi[g, I_KVLAN] == kv
+                and pu[g, U_SMALL] == small
             ):
                 f = g
                 break
@@ -245,39 +251,36 @@ def meter_run(
                 cut = IDLE
             elif (age >= active) if incl else (age > active):
                 cut = ACTIVE
-            elif close_ends and syn and not ack and _closed(pi, f):
+            elif close_ends and syn and not ack and _closed(pi[f, I_MISC]):
                 cut = CLOSE  # a pure SYN after FIN both ways / RST: a new connection
             if cut >= 0:
                 _ht_delete(ht, pu, f)
                 _emit(f, cut, pu, pi, ps, pt, ou, oi, os_, ot, st)
                 free[st[S_FREE] - 1] = f
                 f = -1
+        vl = np.int64(vlan[i])
         if f < 0:
             st[S_FREE] -= 1
             f = free[st[S_FREE]]
+            pu[f, U_H] = h
             pu[f, U_A_HI] = ah
             pu[f, U_A_LO] = al
             pu[f, U_B_HI] = bh
             pu[f, U_B_LO] = bl
+            pu[f, U_SMALL] = small
             pu[f, U_MAC_A] = 0
             pu[f, U_MAC_B] = 0
-            pu[f, U_H] = h
             pi[f, I_T0] = t
-            pi[f, I_SEQ0] = seq[i]
             pi[f, I_PAB] = 0
             pi[f, I_PBA] = 0
             pi[f, I_BAB] = 0
             pi[f, I_BBA] = 0
-            pi[f, I_FLAGS] = 0
-            pi[f, I_PROTO] = pr
-            pi[f, I_IPVER] = ipver[i]
-            pi[f, I_A_PORT] = np.int64(ap)
-            pi[f, I_B_PORT] = np.int64(bp)
-            pi[f, I_KVLAN] = kv
-            pi[f, I_VLAN] = vlan[i]
+            pi[f, I_SEQ0] = seq[i]
             # the initiator sent the first packet, unless that packet is a SYN-ACK (its answer)
-            pi[f, I_INIT_A] = 1 if a_src != (syn and ack) else 0
-            pi[f, I_USED] = 1
+            init_a = M_INIT_A if a_src != (syn and ack) else 0
+            pi[f, I_MISC] = (
+                M_USED | init_a | (np.int64(ipver[i]) << M_IPVER_SHIFT) | (vl << M_VLAN_SHIFT)
+            )
             for d in range(2):
                 for r in range(n):
                     ps[f, d, r] = -1
@@ -292,11 +295,15 @@ def meter_run(
             pt[f, d, c] = t
         pi[f, I_PAB + d] = c + 1
         pi[f, I_BAB + d] += sz
+        misc = pi[f, I_MISC]
         if tcp:
             if fl & 0x01:
-                pi[f, I_FLAGS] |= _F_FA if a_src else _F_FB
+                misc |= _F_FA if a_src else _F_FB
             if fl & 0x04:
-                pi[f, I_FLAGS] |= _F_RST
+                misc |= _F_RST
+        if vl > (misc >> M_VLAN_SHIFT):  # the highest VLAN id seen on the flow
+            misc = (misc & np.int64(0xFFFFFFFF)) | (vl << M_VLAN_SHIFT)
+        pi[f, I_MISC] = misc
         if a_src:
             ma, mb = smac[i], dmac[i]
         else:
@@ -305,8 +312,6 @@ def meter_run(
             pu[f, U_MAC_A] = ma
         if mb > pu[f, U_MAC_B]:
             pu[f, U_MAC_B] = mb
-        if vlan[i] > pi[f, I_VLAN]:
-            pi[f, I_VLAN] = vlan[i]
         st[S_NOW] = t
     return end
 
@@ -337,7 +342,7 @@ def expire(
     """
     out_cap = oi.shape[0]
     for f in range(used_upto):
-        if pi[f, I_USED] == 0:
+        if (pi[f, I_MISC] & M_USED) == 0:
             continue
         quiet = now - pi[f, I_TL]
         is_idle = (quiet >= idle) if incl else (quiet > idle)

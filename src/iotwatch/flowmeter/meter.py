@@ -78,7 +78,7 @@ class FlowMeter:
     def _alloc_pool(self, cap: int, old: tuple[np.ndarray, ...] | None = None) -> None:
         """(Re)allocate the flow pool with ``cap`` slots and a hash table twice that size."""
         n = self.n
-        pu, pi = np.zeros((cap, K.NU), np.uint64), np.zeros((cap, K.NI), np.int64)
+        pu, pi = _zeros_aligned((cap, K.NU), np.uint64), _zeros_aligned((cap, K.NI), np.int64)
         ps, pt = np.full((cap, 2, n), -1, np.int32), np.zeros((cap, 2, n), np.int64)
         free = np.arange(cap - 1, -1, -1, dtype=np.int64)  # a stack: slot 0 is popped first
         if old is not None:
@@ -238,7 +238,7 @@ class FlowMeter:
         if self.done.rows < min_rows or self.done_ts is None:
             return None
         bound = self.done_ts
-        used = self.pi[:, K.I_USED] != 0
+        used = (self.pi[:, K.I_MISC] & K.M_USED) != 0
         if used.any():
             bound = min(bound, int(self.pi[used, K.I_T0].min()))
         flows, feats = self.done.pop_before(bound)
@@ -267,6 +267,15 @@ _DTYPES = (np.int64, np.int64, np.uint8, np.uint8, np.uint64, np.uint64, np.uint
 _NO_PERM = np.zeros(0, np.int64)  # meter_run reads rows in order
 
 
+def _zeros_aligned(shape: tuple[int, int], dtype: type, align: int = 64) -> np.ndarray:
+    """Zeros whose rows start on ``align``-byte boundaries (64-byte rows: one cache line each)."""
+    dt = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dt.itemsize
+    raw = np.zeros(nbytes + align, np.uint8)
+    skip = -raw.ctypes.data % align
+    return raw[skip : skip + nbytes].view(dt).reshape(shape)
+
+
 def _gather(c: tuple[np.ndarray, ...], idx: np.ndarray | None) -> tuple[np.ndarray, ...]:
     """The metered rows of the kernel's columns (all of them when ``idx`` is None)."""
     return c if idx is None else tuple(x[idx] for x in c)
@@ -280,25 +289,29 @@ class _FinishedFlows:
     each column's chunks as soon as that column is gathered.
     """
 
-    # name -> (record array, column, dtype); features are handled apart
+    # name -> (record array, column, dtype) for the columns stored whole; the packed ones
+    # (ports, protocol, IP version, VLAN, initiator, end reason) are unpacked in ``add``
     _FROM = {
-        "proto": ("i", K.I_PROTO, np.uint8), "ipver": ("i", K.I_IPVER, np.uint8),
-        "vlan": ("i", K.I_VLAN, np.int32), "a_hi": ("u", K.U_A_HI, np.uint64),
-        "a_lo": ("u", K.U_A_LO, np.uint64), "a_port": ("i", K.I_A_PORT, np.uint16),
+        "a_hi": ("u", K.U_A_HI, np.uint64), "a_lo": ("u", K.U_A_LO, np.uint64),
         "b_hi": ("u", K.U_B_HI, np.uint64), "b_lo": ("u", K.U_B_LO, np.uint64),
-        "b_port": ("i", K.I_B_PORT, np.uint16), "mac_a": ("u", K.U_MAC_A, np.uint64),
-        "mac_b": ("u", K.U_MAC_B, np.uint64), "init_a": ("i", K.I_INIT_A, np.bool_),
+        "mac_a": ("u", K.U_MAC_A, np.uint64), "mac_b": ("u", K.U_MAC_B, np.uint64),
         "start": ("i", K.I_T0, np.int64), "end": ("i", K.I_TL, np.int64),
         "pab": ("i", K.I_PAB, np.int64), "pba": ("i", K.I_PBA, np.int64),
         "bab": ("i", K.I_BAB, np.int64), "bba": ("i", K.I_BBA, np.int64),
-        "reason": ("i", K.I_REASON, np.int8), "seq0": ("i", K.I_SEQ0, np.int64),
+        "seq0": ("i", K.I_SEQ0, np.int64),
     }  # fmt: skip
+    _PACKED = {"proto": np.uint8, "ipver": np.uint8, "vlan": np.int32, "a_port": np.uint16,
+               "b_port": np.uint16, "init_a": np.bool_, "reason": np.int8}  # fmt: skip
     _FEAT = {"s_ab": ("s", 0), "s_ba": ("s", 1), "t_ab": ("t", 0), "t_ba": ("t", 1)}
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.rows = 0
-        self.cols: dict[str, list[np.ndarray]] = {k: [] for k in (*self._FROM, *self._FEAT)}
+        self.cols: dict[str, list[np.ndarray]] = {k: [] for k in self._names()}
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return (*cls._FROM, *cls._PACKED, *cls._FEAT)
 
     def add(self, ou: np.ndarray, oi: np.ndarray, os_: np.ndarray, ot: np.ndarray) -> None:
         """Keep output rows as typed column copies (the kernel's buffers are reused)."""
@@ -306,6 +319,15 @@ class _FinishedFlows:
         src = {"u": ou, "i": oi, "s": os_, "t": ot}
         for name, (which, j, dtype) in self._FROM.items():
             self.cols[name].append(src[which][:, j].astype(dtype))
+        small, misc = ou[:, K.U_SMALL], oi[:, K.I_MISC]
+        unpacked = {
+            "a_port": small, "b_port": small >> np.uint64(16), "proto": small >> np.uint64(32),
+            "ipver": misc >> K.M_IPVER_SHIFT, "reason": misc >> K.M_REASON_SHIFT,
+            "vlan": misc >> K.M_VLAN_SHIFT, "init_a": (misc & K.M_INIT_A) != 0,
+        }  # fmt: skip
+        for name, dtype in self._PACKED.items():
+            # astype to a narrower integer keeps the low bits: the field's own
+            self.cols[name].append(unpacked[name].astype(dtype))
         for name, (which, d) in self._FEAT.items():
             self.cols[name].append(src[which][:, d, :].copy())
 
@@ -314,7 +336,7 @@ class _FinishedFlows:
         flows, feats = self.result()
         early = flows["start"] < bound
         late = ~early
-        self.cols = {k: [] for k in (*self._FROM, *self._FEAT)}
+        self.cols = {k: [] for k in self._names()}
         for d in (flows, feats):
             for k, v in d.items():
                 self.cols[k].append(v[late])
@@ -331,6 +353,8 @@ class _FinishedFlows:
                 out[name] = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
             elif name in self._FROM:
                 out[name] = np.zeros(0, self._FROM[name][2])
+            elif name in self._PACKED:
+                out[name] = np.zeros(0, self._PACKED[name])
             else:
                 out[name] = np.zeros((0, self.n), np.int32 if name[0] == "s" else np.int64)
             del chunks  # this column's chunks are freed before the next column is gathered
