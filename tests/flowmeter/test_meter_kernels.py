@@ -260,3 +260,39 @@ def test_streamed_parquet_equals_table(
     assert pq.read_metadata(out).num_row_groups > 10  # written as flows became final
     assert pq.read_table(out).equals(whole)
     assert f"{whole.num_rows} flows" in res.summary_line()
+
+
+@pytest.mark.parametrize("batch", [1, 3, 65_536])
+def test_several_captures_streamed_in_global_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """Several captures streamed to Parquet: per-capture runs merged into the in-memory order.
+
+    The captures overlap in time and share start times (ties go to the earlier capture), and
+    one is empty of TCP: the merged file equals the table built in memory.
+    """
+    import pyarrow.parquet as pq
+    from tests.flowmeter.handmade import T0, connection, tcp, write_pcap
+
+    from iotwatch.flowmeter import meter as M
+    from iotwatch.flowmeter import meter_captures
+
+    a = write_pcap(
+        tmp_path / "a.pcap",
+        [p for i in range(12) for p in connection(T0 + 2 * i, sport=41000 + i)],
+    )
+    b = write_pcap(
+        tmp_path / "b.pcap",
+        [p for i in range(9) for p in connection(T0 + 3 * i, sport=42000 + i)],
+    )
+    c = write_pcap(tmp_path / "c.pcap", [tcp(T0 + 1, "10.0.0.7", "10.0.0.1", 7, 7, "A", 1)])
+    cfg = FlowConfig()
+    whole = meter_captures([a, b, c], cfg).table
+    monkeypatch.setattr(M, "MERGE_ROWS", batch)
+    monkeypatch.setattr(M, "MERGE_MIN_BATCH", 1)
+    monkeypatch.setattr(M, "ROW_GROUP", 2)
+    out = tmp_path / "all.parquet"
+    res = meter_captures([a, b, c], cfg, out=out)
+    assert res.table is None and res.rows == whole.num_rows == 22
+    assert pq.read_table(out).equals(whole)
+    assert not list(tmp_path.glob(".all.parquet.run*"))  # the run files are gone

@@ -443,6 +443,14 @@ _NP_OF = {
 }  # fmt: skip
 
 
+def _numpy(values: pa.Array | pa.ChunkedArray, dtype: type) -> np.ndarray:
+    """A primitive Arrow column without nulls as numpy, read from its buffers (``to_numpy``
+    imports pandas, like ``pa.array``: see ``_arrow``)."""
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    parts = [np.frombuffer(c.buffers()[1], dtype)[c.offset : c.offset + len(c)] for c in chunks]
+    return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+
 def _arrow(values: np.ndarray, typ: pa.DataType) -> pa.Array:
     """A numpy column as an Arrow array, zero-copy where the layout allows.
 
@@ -739,10 +747,11 @@ def meter_captures(
 
     ``prefetch``: decode in a second thread while this one meters (both are numba kernels that
     release the GIL, so the two cores overlap reading and metering).
-    ``out``: with a single capture, stream the table to this Parquet file in row groups as flows
-    become final (memory then holds the flows of the last idle + active timeouts, not all of
-    them; the result's ``table`` is None). With several captures the table is built in memory
-    and written to ``out`` at the end (their flows interleave by start time).
+    ``out``: stream the table to this Parquet file in row groups as flows become final (memory
+    then holds the flows of the last idle + active timeouts, not all of them; the result's
+    ``table`` is None). Several captures are each streamed to a sorted run file next to ``out``
+    and the runs are merged by start time into ``out`` (memory: a batch per capture), so the
+    file has the same rows in the same order as the in-memory table.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -758,9 +767,9 @@ def meter_captures(
 
         total = sum(p.stat().st_size for p in paths if p.is_file())
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="flows", leave=False, disable=None)
-    if out is not None and len(paths) == 1:
+    if out is not None:
         try:
-            return _meter_streaming(paths[0], config, inventory, bar, chunk_packets, read,
+            return _stream_captures(paths, config, inventory, bar, chunk_packets, read,
                                     prefetch, Path(out), stats)  # fmt: skip
         finally:
             if bar is not None:
@@ -854,19 +863,22 @@ def _meter_streaming(
     prefetch: bool,
     out: Path,
     stats: ReadStats,
+    row_group: int | None = None,
 ) -> FlowResult:
-    """One capture to a Parquet file, a row group per block of final flows."""
+    """One capture to a Parquet file, row groups of at most ``row_group`` rows (default
+    ``ROW_GROUP``) as blocks of flows become final."""
+    row_group = row_group or ROW_GROUP
     schema = flow_schema(config.n_packets)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     writer = _BackgroundWriter(out, schema)
 
     def write(flows: dict[str, np.ndarray], feats: dict[str, np.ndarray]) -> None:
-        # in table order, ROW_GROUP rows at a time: the table's temporaries stay small
+        # in table order, row_group rows at a time: the table's temporaries stay small
         nonlocal written
         order = np.lexsort((flows["seq0"], flows["start"]))
-        for lo in range(0, max(len(order), 1), ROW_GROUP):
-            idx = order[lo : lo + ROW_GROUP]
+        for lo in range(0, max(len(order), 1), row_group):
+            idx = order[lo : lo + row_group]
             part = {k: v[idx] for k, v in flows.items()}
             part["file"] = np.zeros(len(idx), np.int64)
             part_feats = {k: v[idx] for k, v in feats.items()}
@@ -890,3 +902,103 @@ def _meter_streaming(
     finally:
         writer.close()
     return FlowResult(table=None, stats=stats, late_packets=late, rows=written)
+
+
+def _stream_captures(
+    paths: list[Path],
+    config: FlowConfig,
+    inventory: Inventory | None,
+    bar: Any,
+    chunk_packets: int,
+    read: Reader,
+    prefetch: bool,
+    out: Path,
+    stats: ReadStats,
+) -> FlowResult:
+    """Captures to one Parquet file: streamed directly (one capture) or as merged runs."""
+    if len(paths) == 1:
+        return _meter_streaming(paths[0], config, inventory, bar, chunk_packets, read, prefetch,
+                                out, stats)  # fmt: skip
+    runs = [out.with_name(f".{out.name}.run{i}.tmp") for i in range(len(paths))]
+    # the merge holds about MERGE_ROWS rows whatever the number of runs: each run is written
+    # and read back in row groups of its share (a Parquet reader decodes a row group's pages)
+    share = max(MERGE_MIN_BATCH, MERGE_ROWS // len(runs))
+    late = 0
+    try:
+        for path, run in zip(paths, runs, strict=True):
+            res = _meter_streaming(path, config, inventory, bar, chunk_packets, read, prefetch,
+                                   run, stats, row_group=min(ROW_GROUP, share))  # fmt: skip
+            late += res.late_packets
+        rows = _merge_runs(runs, out, flow_schema(config.n_packets), share)
+    finally:
+        for run in runs:
+            run.unlink(missing_ok=True)
+    return FlowResult(table=None, stats=stats, late_packets=late, rows=rows)
+
+
+MERGE_ROWS = 32_768  # rows buffered over all runs while merging (about 15 MB)
+MERGE_MIN_BATCH = 1024  # ... but at least this many per run
+
+
+def _merge_runs(runs: list[Path], out: Path, schema: pa.Schema, batch: int) -> int:
+    """Merge per-capture tables sorted by start into ``out``: (start, capture order) order.
+
+    Each run is read a batch at a time. The rows that start before the smallest "last start
+    buffered" of the runs still being read can no longer be preceded by anything unread: they
+    are sorted (stably, so each run keeps its own order and ties go to the earlier capture) and
+    written, numbered on from the previous block.
+    """
+    import pyarrow.parquet as pq
+
+    files = [pq.ParquetFile(r) for r in runs]
+    iters = [f.iter_batches(batch_size=batch) for f in files]
+    bufs: list[list[pa.RecordBatch]] = [[] for _ in runs]
+    starts = [np.zeros(0, np.float64) for _ in runs]  # the buffered rows' starts
+    live = [True] * len(runs)
+
+    def pull(i: int) -> None:
+        batch = next(iters[i], None)
+        if batch is None:
+            live[i] = False
+            return
+        bufs[i].append(batch)
+        starts[i] = np.concatenate([starts[i], _numpy(batch.column("start"), np.float64)])
+
+    for i in range(len(runs)):
+        pull(i)
+    written = 0
+    fid = schema.get_field_index("flow_id")
+    writer = _BackgroundWriter(out, schema)
+    try:
+        while True:
+            open_runs = [i for i in range(len(runs)) if live[i]]
+            lasts = {i: starts[i][-1] if len(starts[i]) else -np.inf for i in open_runs}
+            bound = min(lasts.values(), default=np.inf)
+            parts, owner = [], []
+            for i in range(len(runs)):
+                k = int(np.searchsorted(starts[i], bound, "left"))
+                if k:
+                    buf = pa.Table.from_batches(bufs[i], schema=schema)
+                    parts.append(buf.slice(0, k))
+                    owner.append(np.full(k, i, np.int64))
+                    bufs[i] = buf.slice(k).to_batches()
+                    starts[i] = starts[i][k:]
+            if parts:
+                block = pa.concat_tables(parts)
+                order = np.lexsort((np.concatenate(owner), _numpy(block["start"], np.float64)))
+                for lo in range(0, len(order), ROW_GROUP):
+                    part = block.take(_arrow(order[lo : lo + ROW_GROUP], pa.int64()))
+                    ids = np.arange(written, written + part.num_rows, dtype=np.int64)
+                    part = part.set_column(fid, schema.field(fid), _arrow(ids, pa.int64()))
+                    writer.put(part)
+                    written += part.num_rows
+                del block, parts
+            if not open_runs:
+                break
+            # the run that set the bound has nothing left below it: read on there
+            pull(min(open_runs, key=lambda i: lasts[i]))
+        if written == 0:
+            writer.put(schema.empty_table())
+    finally:
+        writer.close()
+    return written
