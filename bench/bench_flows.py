@@ -154,12 +154,22 @@ def _anon_kb(pid: int) -> int:
     return 0
 
 
-def run_cli(path: Path, out: Path, cache_dir: Path) -> tuple[float, int, int, str]:
+def run_cli(path: Path | list[Path], out: Path, cache_dir: Path) -> tuple[float, int, int, str]:
     """`iotwatch flows` as a subprocess: (seconds, peak RSS kB, peak private kB, summary).
 
     ``cache_dir`` is the numba cache the process uses (empty: a cold run that compiles).
     """
-    cmd = [sys.executable, "-m", "iotwatch", "flows", str(path), "--out", str(out), "--quiet"]
+    paths = path if isinstance(path, list) else [path]
+    cmd = [
+        sys.executable,
+        "-m",
+        "iotwatch",
+        "flows",
+        *map(str, paths),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     cmd = [
         "/usr/bin/time",
         "-f",
@@ -203,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--flows", type=int, default=50_000)
     ap.add_argument("--baseline-packets", type=int, default=300_000)
     ap.add_argument("--repeat", type=int, default=5, help="warm runs per variant")
+    ap.add_argument("--multi", type=int, default=5, help="captures in the multi-capture run")
     ap.add_argument("--keep", action="store_true", help="keep the generated captures")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -243,6 +254,14 @@ def main(argv: list[str] | None = None) -> None:
         for label, path in variants:
             run = run_cli(path, OUT / f"{path.stem}.parquet", Path(caches[label]))
             runs.setdefault((label, "warm"), []).append(run)
+    if args.multi > 1:  # memory does not follow the number of captures (merged runs)
+        dt, rss, anon, what = run_cli([plain] * args.multi, OUT / "multi.parquet",
+                                      Path(caches["default"]))  # fmt: skip
+        print(
+            f"iotwatch flows [{args.multi} x default in one run]: {dt:.2f} s = "
+            f"{args.multi * n / dt / 1e6:.2f} Mpkt/s; peak private {anon / 1024:.0f} MB, {what}"
+        )
+        (OUT / "multi.parquet").unlink(missing_ok=True)
     for cache in caches.values():
         shutil.rmtree(cache, ignore_errors=True)
     results = {}

@@ -15,8 +15,12 @@ CAPTURES = sorted(p.name for p in (ORACLE / "pcaps").iterdir()) if ORACLE.is_dir
 KNOWN_DIFFERENCES = {
     "6in4tunnel.pcap": "NFStream decodes IPv6-in-IPv4 (6in4, IP protocol 41) and meters the inner "
     "IPv6 flows; we meter the outer IPv4 flow",
-    "ajp.pcap": "12 frames carry Cisco FabricPath/metadata ethertype 0x8903 in front of the VLAN "
-    "and IP headers; NFStream decodes it, our reader skips those frames as non-IP",
+    "ajp.pcap": "12 frames carry Cisco FabricPath (ethertype 0x8903) around the VLAN 7 / IPv4 "
+    "frames of the same connection; we decode the inner VLAN and count them in that connection "
+    "(25 packets, 4,949 bytes), NFStream splits them off as two one-way flows (8/714 from one "
+    "side, 4/2,012 from the other, plus 13/2,223): its key for them differs by direction, as a "
+    "VLAN id read inside the FabricPath header (which holds the two MACs in direction order) "
+    "would",
 }
 
 
