@@ -133,8 +133,9 @@ def _metered(meter: FlowMeter, b: PacketBatch, chunk: int) -> list[tuple]:
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("chunk", [1, 13, 5000])
 @pytest.mark.parametrize(("protocols", "window"), [(["tcp", "udp"], 0.0), (["tcp"], 1.5)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 def test_flow_table_matches_reference(
-    seed: int, chunk: int, protocols: list[str], window: float
+    seed: int, chunk: int, protocols: list[str], window: float, threads: int
 ) -> None:
     # tcp only: the kernel reads the metered rows through an index; a window: held-back rows
     rnd = random.Random(seed)
@@ -146,11 +147,13 @@ def test_flow_table_matches_reference(
     want = _reference(b, cfg)
     assert len({r[5] for r in want}) == 4  # every end reason occurs
     meter = FlowMeter(cfg)
-    # tiny buffers: the pool grows several times, the output drains often, sweeps delete
+    # tiny buffers: the pools grow several times, the outputs drain often, sweeps delete;
+    # several flow tables (one per thread) give the same flows as one
     meter.OUT_ROWS = 3
-    meter.__init__(cfg)
-    meter._alloc_pool(1)
-    meter.st[K.S_FREE] = 1
+    meter.POOL0 = 1
+    meter.PARALLEL_MIN = 0  # the tables are metered by threads at once even for a few rows
+    meter.__init__(cfg, threads=threads)
+    assert all(p.st[K.S_FREE] == 1 for p in meter.pools)
     assert _metered(meter, b, chunk) == want
 
 

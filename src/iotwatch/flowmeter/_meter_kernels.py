@@ -163,6 +163,7 @@ def meter_run(
     end: int,
     keep_proto: np.ndarray,
     params: np.ndarray,
+    shard: int,
     ht: np.ndarray,
     pu: np.ndarray,
     pi: np.ndarray,
@@ -178,11 +179,17 @@ def meter_run(
     """Meter packets ``begin:end`` in timestamp order (rows ``perm[begin:end]`` when ``perm`` is
     not empty); return the index reached.
 
+    With ``params[7]`` = S shards the flow table is split by key hash into S independent
+    tables: this call meters only the flows of ``shard`` into the pool it is given, so S threads
+    can meter the same rows at once (the flows, and so the table, are the same).
+
     Less than ``end`` means the pool has no free slot or the output buffer is full: grow/drain
     and call again from there. ``params``: idle, active (ns), timeout_inclusive, vlan_in_key,
-    tcp_close_ends_flow, drop non-first fragments, N.
+    tcp_close_ends_flow, drop non-first fragments, N, shards.
     """
     idle, active = params[0], params[1]
+    shards = np.uint64(params[7])
+    sharded = params[7] > 1
     incl, vlan_key, close_ends, drop_nf = (
         params[2] != 0,
         params[3] != 0,
@@ -221,6 +228,9 @@ def meter_run(
         h = _mix(h ^ ah)
         h = _mix(h ^ bh)
         h = _mix(h ^ small)
+        # the shard comes from the hash's high half; the low bits index the table
+        if sharded and np.int64((h >> np.uint64(32)) % shards) != shard:
+            continue
         pos = np.int64(h & np.uint64(mask))
         f = -1
         while True:

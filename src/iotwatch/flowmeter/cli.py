@@ -29,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
         "--local-net", action="append", default=[], metavar="CIDR", help="a device network"
     )
     ap.add_argument("--n", type=int, help="packets per direction in the features (N)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="flow tables metered at once (default: 2 on a machine with two cores or more)",
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     return ap
 
@@ -50,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             config = dataclasses.replace(config, **changes)
         except ValueError as exc:
             raise InputError(str(exc)) from None
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be at least 1, not {args.threads}")
     inventory = None
     if args.inventory is not None:
         from iotwatch.inventory import read_inventory_csv
@@ -64,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
     try:
         result = meter_captures(
-            args.captures, config, inventory, progress=big and not args.quiet, out=tmp
+            args.captures,
+            config,
+            inventory,
+            progress=big and not args.quiet,
+            out=tmp,
+            threads=args.threads,
         )
         stats = result.stats
         if stats.packets_read == 0 and stats.issues:

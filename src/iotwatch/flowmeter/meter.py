@@ -38,13 +38,69 @@ DEFAULT_CHUNK = 262_144
 _NS = 1_000_000_000
 
 
+class _Pool:
+    """One flow table: the pool of open flows, its hash table, the kernel's output buffer."""
+
+    def __init__(self, n: int, cap: int, out_rows: int) -> None:
+        self.n = n
+        self.st = np.array([cap, 0, 0], np.int64)  # free slots, output rows, now
+        self.alloc(cap)
+        self.ou = np.zeros((out_rows, K.NU), np.uint64)
+        self.oi = np.zeros((out_rows, K.NI), np.int64)
+        self.os = np.zeros((out_rows, 2, n), np.int32)
+        self.ot = np.zeros((out_rows, 2, n), np.int64)
+
+    def alloc(self, cap: int, grow: bool = False) -> None:
+        """(Re)allocate the pool with ``cap`` slots (keeping the flows when ``grow``) and a hash
+        table twice that size."""
+        n = self.n
+        pu, pi = _zeros_aligned((cap, K.NU), np.uint64), _zeros_aligned((cap, K.NI), np.int64)
+        ps, pt = np.full((cap, 2, n), -1, np.int32), np.zeros((cap, 2, n), np.int64)
+        free = np.arange(cap - 1, -1, -1, dtype=np.int64)  # a stack: slot 0 is popped first
+        if grow:
+            m = len(self.pu)
+            for new, prev in zip((pu, pi, ps, pt), (self.pu, self.pi, self.ps, self.pt),
+                                 strict=True):  # fmt: skip
+                new[:m] = prev
+            free = free[: cap - m]  # the old slots are all in use (the pool grows only when full)
+            self.st[K.S_FREE] = cap - m
+        else:
+            self.st[K.S_FREE] = cap
+        self.pu, self.pi, self.ps, self.pt, self.free = pu, pi, ps, pt, free
+        # load factor <= 0.5 keeps linear probing short
+        self.ht = np.full(2 * cap, -1, np.int64)
+        if grow:
+            K.rehash(self.ht, pu, pi, cap)
+
+    @property
+    def state(self) -> tuple[np.ndarray, ...]:
+        """The kernel arguments from the hash table on."""
+        return (self.ht, self.pu, self.pi, self.ps, self.pt, self.free, self.st, self.ou, self.oi,
+                self.os, self.ot)  # fmt: skip
+
+    def earliest_open_start(self) -> int | None:
+        used = (self.pi[:, K.I_MISC] & K.M_USED) != 0
+        return int(self.pi[used, K.I_T0].min()) if used.any() else None
+
+    def release(self) -> None:
+        self.pu = self.pi = self.ps = self.pt = self.ht = self.free = None  # type: ignore[assignment]
+        self.ou = self.oi = self.os = self.ot = None  # type: ignore[assignment]
+
+
 class FlowMeter:
-    """Meters one capture: feed PacketBatch chunks in file order, then ``finish()``."""
+    """Meters one capture: feed PacketBatch chunks in file order, then ``finish()``.
+
+    ``threads``: flow tables metered at once, split by key hash (default: 2 when the machine
+    has two cores or more). The result does not depend on it.
+    """
 
     POOL0 = 4096  # first pool size (flow records); doubles when full
     OUT_ROWS = 16384  # finished flows buffered in the kernel's output before they are compacted
+    PARALLEL_MIN = 4096  # rows below which the tables are metered in turn (threads cost more)
 
-    def __init__(self, config: FlowConfig) -> None:
+    def __init__(self, config: FlowConfig, threads: int | None = None) -> None:
+        import os
+
         self.cfg = config
         self.n = config.n_packets
         self.unit = TIMESTAMP_UNITS_NS[config.timestamp_unit]
@@ -56,86 +112,92 @@ class FlowMeter:
         self.keep_proto[protos if protos is not None else slice(None)] = True
         self.filter_protos = protos is not None
         self.drop_nf = config.non_first_fragments == "drop"
+        if threads is None:
+            threads = 2 if (os.cpu_count() or 1) >= 2 else 1
+        self.threads = max(1, int(threads))
         self.params = np.array(
             [self.idle, self.active, config.timeout_inclusive, config.vlan_in_key,
-             config.tcp_close_ends_flow, self.drop_nf, self.n],
+             config.tcp_close_ends_flow, self.drop_nf, self.n, self.threads],
             np.int64,
         )  # fmt: skip
         self.seq = 0  # packets of the capture seen so far (their order in the file)
         self.pending: tuple[np.ndarray, ...] = ()  # reorder buffer, sorted by time
         self.done_ts: int | None = None  # everything at or before this time is processed
         self.late = 0  # packets later than the reorder window (clamped)
-        self._alloc_pool(self.POOL0)
-        n, rows = self.n, self.OUT_ROWS
-        self.ou = np.zeros((rows, K.NU), np.uint64)
-        self.oi = np.zeros((rows, K.NI), np.int64)
-        self.os = np.zeros((rows, 2, n), np.int32)
-        self.ot = np.zeros((rows, 2, n), np.int64)
-        self.st = np.array([self.POOL0, 0, 0], np.int64)  # free slots, output rows, now
-        self.done = _FinishedFlows(n)
+        self.pools = [_Pool(self.n, self.POOL0, self.OUT_ROWS) for _ in range(self.threads)]
+        self.done = _FinishedFlows(self.n)
+        self._executor: Any = None  # threads for the shards after the first, made on first use
 
     # -- state ------------------------------------------------------------------------------
-    def _alloc_pool(self, cap: int, old: tuple[np.ndarray, ...] | None = None) -> None:
-        """(Re)allocate the flow pool with ``cap`` slots and a hash table twice that size."""
-        n = self.n
-        pu, pi = _zeros_aligned((cap, K.NU), np.uint64), _zeros_aligned((cap, K.NI), np.int64)
-        ps, pt = np.full((cap, 2, n), -1, np.int32), np.zeros((cap, 2, n), np.int64)
-        free = np.arange(cap - 1, -1, -1, dtype=np.int64)  # a stack: slot 0 is popped first
-        if old is not None:
-            m = len(old[0])
-            for new, prev in zip((pu, pi, ps, pt), old, strict=True):
-                new[:m] = prev
-            free = free[: cap - m]  # the old slots are all in use (the pool grows only when full)
-            self.st[K.S_FREE] = cap - m
-        self.pu, self.pi, self.ps, self.pt, self.free = pu, pi, ps, pt, free
-        # load factor <= 0.5 keeps linear probing short
-        self.ht = np.full(2 * cap, -1, np.int64)
-        if old is not None:
-            K.rehash(self.ht, pu, pi, cap)
-
-    def _drain(self) -> None:
-        """Move the kernel's output buffer to the compact store of finished flows."""
-        k = int(self.st[K.S_OUT])
-        if k:
-            self.done.add(self.ou[:k], self.oi[:k], self.os[:k], self.ot[:k])
-            self.st[K.S_OUT] = 0
+    def _drain(self, pool: _Pool | None = None) -> None:
+        """Move the kernels' output buffers to the compact store of finished flows."""
+        for p in self.pools if pool is None else (pool,):
+            k = int(p.st[K.S_OUT])
+            if k:
+                self.done.add(p.ou[:k], p.oi[:k], p.os[:k], p.ot[:k])
+                p.st[K.S_OUT] = 0
 
     def _run(
         self, c: tuple[np.ndarray, ...], lo: int, hi: int, perm: np.ndarray | None = None
     ) -> None:
         """Meter rows ``lo:hi`` of the time-ordered columns ``c`` (of ``c[perm]`` when given),
-        growing the pool and draining the output as needed."""
+        one thread per flow table, growing the pools and draining the outputs as needed."""
         order = _NO_PERM if perm is None else perm
-        while lo < hi:
-            lo = K.meter_run(*c, order, lo, hi, self.keep_proto, self.params, self.ht, self.pu,
-                             self.pi, self.ps, self.pt, self.free, self.st, self.ou, self.oi,
-                             self.os, self.ot)  # fmt: skip
-            if lo < hi:
-                if self.st[K.S_OUT] >= len(self.oi):
-                    self._drain()
-                if self.st[K.S_FREE] == 0:
-                    # pool full: first sweep the flows idle at the last metered packet's time
-                    # (the same end as at the chunk's end); grow only if that frees too little
-                    cap = len(self.pi)
-                    self._expire(everything=False, now=int(self.st[K.S_NOW]))
-                    if self.st[K.S_FREE] < max(1, cap // 4):
-                        self._alloc_pool(2 * cap, (self.pu, self.pi, self.ps, self.pt))
+        at = [lo] * len(self.pools)
+
+        def run(s: int) -> int:
+            return K.meter_run(*c, order, at[s], hi, self.keep_proto, self.params, s,
+                               *self.pools[s].state)  # fmt: skip
+
+        while True:
+            todo = [s for s in range(len(self.pools)) if at[s] < hi]
+            if not todo:
+                break
+            if len(todo) == 1 or hi - lo < self.PARALLEL_MIN:
+                reached = [run(s) for s in todo]
+            else:
+                if self._executor is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    self._executor = ThreadPoolExecutor(
+                        len(self.pools) - 1, thread_name_prefix="flowmeter-shard"
+                    )
+                futures = [self._executor.submit(run, s) for s in todo[1:]]
+                reached = [run(todo[0])] + [f.result() for f in futures]
+            for s, r in zip(todo, reached, strict=True):
+                at[s] = r
+                if r < hi:
+                    self._make_room(self.pools[s])
         if hi > 0:
             self.done_ts = int(c[0][hi - 1 if perm is None else perm[hi - 1]])
 
-    def _expire(self, everything: bool, now: int | None = None) -> None:
+    def _make_room(self, pool: _Pool) -> None:
+        """A kernel stopped: drain its output when full; when its pool is full, first sweep the
+        flows idle at its last metered packet's time (the same end as at the chunk's end) and
+        grow only if that frees too little."""
+        if pool.st[K.S_OUT] >= len(pool.oi):
+            self._drain(pool)
+        if pool.st[K.S_FREE] == 0:
+            cap = len(pool.pi)
+            self._expire(everything=False, now=int(pool.st[K.S_NOW]), pools=[pool])
+            if pool.st[K.S_FREE] < max(1, cap // 4):
+                pool.alloc(2 * cap, grow=True)
+
+    def _expire(
+        self, everything: bool, now: int | None = None, pools: list[_Pool] | None = None
+    ) -> None:
         """Emit flows idle at ``now`` (default: the processed time), or all open flows at the
         end; close/idle/end_of_capture reasons."""
         if now is None:
             now = self.done_ts if self.done_ts is not None else 0
-        f, cap = 0, len(self.pi)
-        while True:
-            f = K.expire(now, self.idle, self.cfg.timeout_inclusive, everything, cap, self.ht,
-                         self.pu, self.pi, self.ps, self.pt, self.free, self.st, self.ou, self.oi,
-                         self.os, self.ot)  # fmt: skip
-            if f >= cap:
-                break
-            self._drain()  # the output buffer was full: empty it and sweep again
+        for pool in self.pools if pools is None else pools:
+            f, cap = 0, len(pool.pi)
+            while True:
+                f = K.expire(now, self.idle, self.cfg.timeout_inclusive, everything, cap,
+                             *pool.state)  # fmt: skip
+                if f >= cap:
+                    break
+                self._drain(pool)  # the output buffer was full: empty it and sweep again
 
     # -- ingress ----------------------------------------------------------------------------
     def _prepare(self, b: PacketBatch) -> tuple[tuple[np.ndarray, ...], np.ndarray | None]:
@@ -238,9 +300,10 @@ class FlowMeter:
         if self.done.rows < min_rows or self.done_ts is None:
             return None
         bound = self.done_ts
-        used = (self.pi[:, K.I_MISC] & K.M_USED) != 0
-        if used.any():
-            bound = min(bound, int(self.pi[used, K.I_T0].min()))
+        for pool in self.pools:
+            t0 = pool.earliest_open_start()
+            if t0 is not None:
+                bound = min(bound, t0)
         flows, feats = self.done.pop_before(bound)
         return (flows, feats) if len(flows["start"]) else None
 
@@ -251,10 +314,16 @@ class FlowMeter:
             self._run(pend, 0, len(pend[0]))
         self._expire(everything=True)
         self._drain()
-        # the pool and buffers are empty now: free them before the columns are gathered
-        self.pu = self.pi = self.ps = self.pt = self.ht = self.free = None  # type: ignore[assignment]
-        self.ou = self.oi = self.os = self.ot = None  # type: ignore[assignment]
+        self.close()
         return self.done.result()
+
+    def close(self) -> None:
+        """Free the pools and stop the shard threads (``finish`` does it; idempotent)."""
+        for pool in self.pools:
+            pool.release()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
 
 # Kernel input columns and their dtypes (the PacketBatch contract's; asarray copies nothing).
@@ -742,11 +811,13 @@ def meter_captures(
     reader: Reader | None = None,
     prefetch: bool = True,
     out: str | Path | None = None,
+    threads: int | None = None,
 ) -> FlowResult:
     """Meter captures into one flow table (each capture's flows are its own).
 
     ``prefetch``: decode in a second thread while this one meters (both are numba kernels that
     release the GIL, so the two cores overlap reading and metering).
+    ``threads``: flow tables metered at once (see ``FlowMeter``; default 2 on two cores or more).
     ``out``: stream the table to this Parquet file in row groups as flows become final (memory
     then holds the flows of the last idle + active timeouts, not all of them; the result's
     ``table`` is None). Several captures are each streamed to a sorted run file next to ``out``
@@ -758,32 +829,33 @@ def meter_captures(
     paths = [Path(p) for p in paths]
     if not paths:
         raise InputError("no capture given")
-    read = reader or default_reader()
-    stats = ReadStats()
-    all_flows, all_feats, names = [], [], []
     bar = None
     if progress:
         from tqdm import tqdm
 
         total = sum(p.stat().st_size for p in paths if p.is_file())
         bar = tqdm(total=total, unit="B", unit_scale=True, desc="flows", leave=False, disable=None)
+    run = _Run(config, inventory, ReadStats(), reader or default_reader(), chunk_packets, prefetch,
+               threads, bar)  # fmt: skip
+    stats = run.stats
+    all_flows, all_feats, names = [], [], []
     if out is not None:
         try:
-            return _stream_captures(paths, config, inventory, bar, chunk_packets, read,
-                                    prefetch, Path(out), stats)  # fmt: skip
+            return _stream_captures(paths, run, Path(out))
         finally:
             if bar is not None:
                 bar.close()
     late = 0
     try:
         for i, path in enumerate(paths):
-            meter = FlowMeter(config)
-            tick = bar.update if bar is not None else None
-            batches = read([path], stats, chunk_packets=chunk_packets, progress=tick)
-            for batch in _prefetch(batches) if prefetch else batches:
-                meter.feed(batch)
-            batch = batches = None  # the last chunk: not kept alive while the table is built
-            flows, feats = meter.finish()
+            meter = FlowMeter(config, threads)
+            try:
+                for batch in run.batches(path):
+                    meter.feed(batch)
+                batch = None  # the last chunk: not kept alive while the table is built
+                flows, feats = meter.finish()
+            finally:
+                meter.close()
             late += meter.late
             del meter  # its flow pool and buffers: freed before the table is built
             flows["file"] = np.full(len(flows["seq0"]), i, np.int64)
@@ -804,6 +876,26 @@ def meter_captures(
     if out is not None:
         result.to_parquet(out)
     return result
+
+
+@dataclass
+class _Run:
+    """What every capture of a ``meter_captures`` call is metered with."""
+
+    config: FlowConfig
+    inventory: Inventory | None
+    stats: ReadStats
+    read: Reader
+    chunk_packets: int
+    prefetch: bool
+    threads: int | None
+    bar: Any
+
+    def batches(self, path: Path) -> Iterator[PacketBatch]:
+        """The capture's packet batches (decoded a thread ahead with ``prefetch``)."""
+        tick = self.bar.update if self.bar is not None else None
+        batches = self.read([path], self.stats, chunk_packets=self.chunk_packets, progress=tick)
+        return _prefetch(batches) if self.prefetch else batches
 
 
 STREAM_ROWS = 65_536  # final flows gathered before row groups are written (streaming mode)
@@ -853,21 +945,11 @@ class _BackgroundWriter:
             raise self._error
 
 
-def _meter_streaming(
-    path: Path,
-    config: FlowConfig,
-    inventory: Inventory | None,
-    bar: Any,
-    chunk_packets: int,
-    read: Reader,
-    prefetch: bool,
-    out: Path,
-    stats: ReadStats,
-    row_group: int | None = None,
-) -> FlowResult:
+def _meter_streaming(path: Path, run: _Run, out: Path, row_group: int | None = None) -> FlowResult:
     """One capture to a Parquet file, row groups of at most ``row_group`` rows (default
     ``ROW_GROUP``) as blocks of flows become final."""
     row_group = row_group or ROW_GROUP
+    config, inventory = run.config, run.inventory
     schema = flow_schema(config.n_packets)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
@@ -887,53 +969,40 @@ def _meter_streaming(
                 writer.put(table)
             written += table.num_rows
 
+    meter = FlowMeter(config, run.threads)
     try:
-        meter = FlowMeter(config)
-        tick = bar.update if bar is not None else None
-        batches = read([path], stats, chunk_packets=chunk_packets, progress=tick)
-        for batch in _prefetch(batches) if prefetch else batches:
+        for batch in run.batches(path):
             meter.feed(batch)
             block = meter.final_flows(STREAM_ROWS)
             if block is not None:
                 write(*block)
-        batch = batches = None
-        late = meter.late
+        batch = None
         write(*meter.finish())
     finally:
+        meter.close()
         writer.close()
-    return FlowResult(table=None, stats=stats, late_packets=late, rows=written)
+    return FlowResult(table=None, stats=run.stats, late_packets=meter.late, rows=written)
 
 
-def _stream_captures(
-    paths: list[Path],
-    config: FlowConfig,
-    inventory: Inventory | None,
-    bar: Any,
-    chunk_packets: int,
-    read: Reader,
-    prefetch: bool,
-    out: Path,
-    stats: ReadStats,
-) -> FlowResult:
+def _stream_captures(paths: list[Path], run: _Run, out: Path) -> FlowResult:
     """Captures to one Parquet file: streamed directly (one capture) or as merged runs."""
     if len(paths) == 1:
-        return _meter_streaming(paths[0], config, inventory, bar, chunk_packets, read, prefetch,
-                                out, stats)  # fmt: skip
+        return _meter_streaming(paths[0], run, out)
     runs = [out.with_name(f".{out.name}.run{i}.tmp") for i in range(len(paths))]
+    schema = flow_schema(run.config.n_packets)
     # the merge holds about MERGE_ROWS rows whatever the number of runs: each run is written
     # and read back in row groups of its share (a Parquet reader decodes a row group's pages)
     share = max(MERGE_MIN_BATCH, MERGE_ROWS // len(runs))
     late = 0
     try:
-        for path, run in zip(paths, runs, strict=True):
-            res = _meter_streaming(path, config, inventory, bar, chunk_packets, read, prefetch,
-                                   run, stats, row_group=min(ROW_GROUP, share))  # fmt: skip
+        for path, part in zip(paths, runs, strict=True):
+            res = _meter_streaming(path, run, part, row_group=min(ROW_GROUP, share))
             late += res.late_packets
-        rows = _merge_runs(runs, out, flow_schema(config.n_packets), share)
+        rows = _merge_runs(runs, out, schema, share)
     finally:
-        for run in runs:
-            run.unlink(missing_ok=True)
-    return FlowResult(table=None, stats=stats, late_packets=late, rows=rows)
+        for part in runs:
+            part.unlink(missing_ok=True)
+    return FlowResult(table=None, stats=run.stats, late_packets=late, rows=rows)
 
 
 MERGE_ROWS = 32_768  # rows buffered over all runs while merging (about 15 MB)
