@@ -217,6 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--keep", action="store_true", help="keep the generated captures")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
+    # bytecode for the package, as a regular install has (an editable install under
+    # PYTHONDONTWRITEBYTECODE=1 would compile iotwatch's modules from source in every run)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src")], check=True)
     plain = OUT / f"flows_{args.packets}.pcap"
     full = OUT / f"flows_{args.packets}_full.pcapng"
     if not plain.exists():

@@ -370,6 +370,40 @@ def expire(
     return used_upto
 
 
+@njit(cache=True, nogil=True)
+def emit_slots(
+    slots: np.ndarray,
+    begin: int,
+    now: int,
+    idle: int,
+    incl: bool,
+    ht: np.ndarray,
+    pu: np.ndarray,
+    pi: np.ndarray,
+    ps: np.ndarray,
+    pt: np.ndarray,
+    free: np.ndarray,
+    st: np.ndarray,
+    ou: np.ndarray,
+    oi: np.ndarray,
+    os_: np.ndarray,
+    ot: np.ndarray,
+) -> int:
+    """End the open flows ``slots[begin:]`` in that order, as ``expire`` does at the end of the
+    capture (idle at ``now``, else end of capture); return the index reached (less than the
+    length when the output buffer is full). The hash table is left alone: no packet follows."""
+    out_cap = oi.shape[0]
+    for k in range(begin, slots.shape[0]):
+        if st[S_OUT] >= out_cap:
+            return k
+        f = slots[k]
+        quiet = now - pi[f, I_TL]
+        is_idle = (quiet >= idle) if incl else (quiet > idle)
+        _emit(f, IDLE if is_idle else EOC, pu, pi, ps, pt, ou, oi, os_, ot, st)
+        free[st[S_FREE] - 1] = f
+    return slots.shape[0]
+
+
 # -- text of addresses, written straight into Arrow string buffers ------------------------------
 
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)

@@ -317,6 +317,49 @@ class FlowMeter:
         self.close()
         return self.done.result()
 
+    def finish_blocks(
+        self, rows: int
+    ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """``finish`` in blocks of about ``rows`` flows that follow each other in table order.
+
+        The open flows are ended ``rows`` at a time in start order, each block with the finished
+        flows that start before the next block's first open flow: memory never holds a copy of
+        every open flow besides the pools (a capture that ends with many flows open).
+        """
+        if self.pending and len(self.pending[0]):
+            pend, self.pending = self.pending, ()
+            self._run(pend, 0, len(pend[0]))
+        self._drain()
+        now = self.done_ts if self.done_ts is not None else 0
+        t0, seq, which, slot = [], [], [], []
+        for i, pool in enumerate(self.pools):
+            used = np.flatnonzero((pool.pi[:, K.I_MISC] & K.M_USED) != 0)
+            t0.append(pool.pi[used, K.I_T0])
+            seq.append(pool.pi[used, K.I_SEQ0])
+            which.append(np.full(len(used), i, np.int64))
+            slot.append(used)
+        t0s = np.concatenate(t0)
+        order = np.lexsort((np.concatenate(seq), t0s))
+        which_o, slot_o = np.concatenate(which)[order], np.concatenate(slot)[order]
+        t0s = t0s[order]
+        rows = max(1, rows)
+        for lo in range(0, max(len(order), 1), rows):
+            hi = min(lo + rows, len(order))
+            for i, pool in enumerate(self.pools):
+                mine = slot_o[lo:hi][which_o[lo:hi] == i]
+                k = 0
+                while k < len(mine):
+                    k = K.emit_slots(mine, k, now, self.idle, self.cfg.timeout_inclusive,
+                                     *pool.state)  # fmt: skip
+                    self._drain(pool)
+            if hi < len(order):
+                block = self.done.pop_before(int(t0s[hi]))
+            else:
+                self.close()
+                block = self.done.result()
+            if len(block[0]["start"]) or hi >= len(order):
+                yield block
+
     def close(self) -> None:
         """Free the pools and stop the shard threads (``finish`` does it; idempotent)."""
         for pool in self.pools:
@@ -977,7 +1020,8 @@ def _meter_streaming(path: Path, run: _Run, out: Path, row_group: int | None = N
             if block is not None:
                 write(*block)
         batch = None
-        write(*meter.finish())
+        for block in meter.finish_blocks(STREAM_ROWS):
+            write(*block)
     finally:
         meter.close()
         writer.close()
