@@ -19,8 +19,9 @@ signature, cached on disk by ``cache=True`` (``__pycache__`` next to this file).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from iotwatch.flowmeter import _jit
 
 # Skip reasons, in code order (0 means kept).
 KEPT = 0
@@ -114,12 +115,12 @@ TS_MUL, TS_DIV, TS_POW2, TS_POW2_FLOAT = range(4)
 _JIT = {"cache": True, "nogil": True}
 
 
-@numba.njit(inline="always", **_JIT)
+@_jit.njit(inline="always", **_JIT)
 def _be16(buf: np.ndarray, p: int) -> int:
     return (np.int64(buf[p]) << 8) | np.int64(buf[p + 1])
 
 
-@numba.njit(inline="always", **_JIT)
+@_jit.njit(inline="always", **_JIT)
 def _be32(buf: np.ndarray, p: int) -> int:
     return (
         (np.int64(buf[p]) << 24)
@@ -129,7 +130,7 @@ def _be32(buf: np.ndarray, p: int) -> int:
     )
 
 
-@numba.njit(inline="always", **_JIT)
+@_jit.njit(inline="always", **_JIT)
 def _u32(buf: np.ndarray, p: int, big: int) -> int:
     """Record-header word in the file's byte order."""
     if big:
@@ -142,7 +143,7 @@ def _u32(buf: np.ndarray, p: int, big: int) -> int:
     )
 
 
-@numba.njit(inline="always", **_JIT)
+@_jit.njit(inline="always", **_JIT)
 def _beu(buf: np.ndarray, p: int, width: int) -> np.uint64:
     """Big-endian unsigned value of ``width`` (<= 8) bytes, as uint64 (MACs, addresses)."""
     v = np.uint64(0)
@@ -151,7 +152,7 @@ def _beu(buf: np.ndarray, p: int, width: int) -> np.uint64:
     return v
 
 
-@numba.njit(inline="always", **_JIT)
+@_jit.njit(inline="always", **_JIT)
 def _units_to_ns(units: np.uint64, mode: int, exp: int, factor: int, offset_s: int) -> int:
     """pcapng timestamp units to int64 nanoseconds (wrapping like numpy); scalars only."""
     if mode == TS_MUL:
@@ -172,14 +173,14 @@ def _units_to_ns(units: np.uint64, mode: int, exp: int, factor: int, offset_s: i
     return np.int64(ns) + offset_s * np.int64(1_000_000_000)
 
 
-@numba.njit(inline="always", **_JIT)
+@_jit.njit(inline="always", **_JIT)
 def _skip(reason: int) -> tuple:
     """The result of a frame that is not kept (same types as a kept one)."""
     z = np.uint64(0)
     return (reason, 0, 0, 0, 0, 0, 0, 0, 0, -1, False, z, z, z, z, z, z)
 
 
-@numba.njit(inline="always", **_JIT)
+@_jit.njit(inline="always", **_JIT)
 def _decode_frame(buf: np.ndarray, d: int, c: int, orig: int, lt: int) -> tuple:
     """Decode the frame at ``buf[d:d + c]``.
 
@@ -400,7 +401,7 @@ def _decode_frame(buf: np.ndarray, d: int, c: int, orig: int, lt: int) -> tuple:
     )
 
 
-@numba.njit(**_JIT)
+@_jit.njit(**_JIT)
 def walk(
     buf: np.ndarray,
     pos: int,
@@ -547,3 +548,7 @@ def walk(
     state[ST_RECORDS] = nrec
     state[ST_LAST_TS] = last_ts
     return pos, status
+
+
+EXPORTS = ("walk",)  # the functions the ahead-of-time module provides
+_jit.use_aot(globals(), EXPORTS)

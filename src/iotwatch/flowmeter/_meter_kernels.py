@@ -19,7 +19,8 @@ full; the Python side grows or drains them and calls again, so no kernel ever al
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from iotwatch.flowmeter._jit import njit, use_aot
 
 # A flow record is two 64-byte rows, one per array, each exactly one cache line (the pool is
 # allocated 64-byte aligned): metering a packet touches the hash table, these two lines and,
@@ -543,3 +544,9 @@ def gather_strings(
                 out[p] = data[q]
                 p += 1
     return out_off, out
+
+
+# the functions the ahead-of-time module provides (the others are inlined into them)
+EXPORTS = ("meter_run", "expire", "emit_slots", "rehash", "format_ips", "format_macs",
+           "gather_strings")  # fmt: skip
+use_aot(globals(), EXPORTS)

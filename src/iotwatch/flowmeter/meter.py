@@ -584,7 +584,7 @@ def _str_take(values: Sequence[str], idx: np.ndarray) -> pa.Array:
     data = [v.encode() for v in values]
     off = np.zeros(len(data) + 1, np.int32)
     np.cumsum([len(d) for d in data], out=off[1:])
-    raw = np.frombuffer(b"".join(data), np.uint8) if data else np.zeros(0, np.uint8)
+    raw = np.frombuffer(b"".join(data), np.uint8)  # read-only, also when empty: one signature
     idx = np.asarray(idx, np.int64)
     return _string_array(*K.gather_strings(off, raw, idx), valid=idx >= 0)
 

@@ -1,0 +1,96 @@
+"""Which compiled kernels the flow meter runs: ahead-of-time (built at setup) or numba JIT.
+
+The kernels (``_decode.walk`` and the ``_meter_kernels`` functions) are numba code. Run through
+numba's JIT, every process pays for importing numba and for its first dispatch (type and target
+registries) before the first packet: about 0.6 s, a third of metering a 2 M-packet capture.
+``python -m iotwatch.flowmeter.build_aot`` (run by ``make setup``) compiles the same functions
+once, with numba's ahead-of-time compiler, into an extension module named after a hash of the
+kernel sources; importing it costs under a millisecond and numba is not imported at all.
+
+``IOTWATCH_KERNELS``: ``auto`` (default: the ahead-of-time module when one was built from the
+current sources, else JIT), ``jit`` (always JIT), ``aot`` (the ahead-of-time module or an
+error). Both give the same results (``tests/flowmeter/test_aot.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from iotwatch.errors import ConfigError
+
+HERE = Path(__file__).resolve().parent
+SOURCES = ("_decode.py", "_meter_kernels.py")  # what the compiled module is built from
+
+
+def source_tag() -> str:
+    """A short hash of the kernel sources and the numba version that compiles them."""
+    h = hashlib.sha256()
+    for name in SOURCES:
+        h.update((HERE / name).read_bytes())
+    try:
+        from importlib.metadata import version
+
+        h.update(version("numba").encode())
+    except Exception:  # numba not installed: no JIT either, the tag only names the module
+        pass
+    return h.hexdigest()[:12]
+
+
+def aot_module_name() -> str:
+    return f"_aot_{source_tag()}"
+
+
+def _load_aot() -> ModuleType | None:
+    try:
+        return importlib.import_module(f"iotwatch.flowmeter.{aot_module_name()}")
+    except ImportError:
+        return None
+
+
+MODE = os.environ.get("IOTWATCH_KERNELS", "auto").strip().lower() or "auto"
+if MODE not in ("auto", "jit", "aot"):
+    raise ConfigError(f"IOTWATCH_KERNELS must be auto, jit or aot, not {MODE!r}")
+AOT: ModuleType | None = None if MODE == "jit" else _load_aot()
+if MODE == "aot" and AOT is None:
+    raise ConfigError(
+        f"IOTWATCH_KERNELS=aot but no compiled kernels match these sources ({aot_module_name()}); "
+        "build them with: python -m iotwatch.flowmeter.build_aot"
+    )
+
+
+def njit(*args: Any, **kwargs: Any) -> Any:
+    """``numba.njit`` when the kernels run JIT; with the ahead-of-time module the decorated
+    Python functions are only definitions (the module's compiled ones replace the exports)."""
+    if AOT is not None:
+        if args and callable(args[0]):
+            return args[0]
+        return lambda fn: fn
+    import numba
+
+    return numba.njit(*args, **kwargs)
+
+
+def use_aot(namespace: dict[str, Any], exports: tuple[str, ...]) -> None:
+    """Replace a kernel module's exported functions by the ahead-of-time compiled ones."""
+    if AOT is None:
+        return
+    for name in exports:
+        namespace[name] = getattr(AOT, name)
+
+
+def kind() -> str:
+    """'aot' or 'jit': what this process runs."""
+    return "aot" if AOT is not None else "jit"
+
+
+def jit_functions(module: ModuleType, exports: tuple[str, ...]) -> dict[str, Callable]:
+    """The numba dispatchers of a kernel module (JIT mode only; for the build and tests)."""
+    if AOT is not None:
+        raise RuntimeError("kernels are ahead-of-time compiled in this process")
+    return {name: getattr(module, name) for name in exports}
