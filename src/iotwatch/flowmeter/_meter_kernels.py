@@ -39,6 +39,12 @@ _F_FA, _F_FB, _F_RST = 1, 2, 4
 M_INIT_A, M_USED = 8, 16
 M_IPVER_SHIFT, M_REASON_SHIFT, M_VLAN_SHIFT = 8, 16, 32
 
+# the packet columns meter_run reads, in this order (meter._COLS)
+COLUMNS = ("ts", "size", "ipver", "proto", "shi", "slo", "dhi", "dlo", "sport", "dport", "flags",
+           "vlan", "smac", "dmac", "frag", "seq")  # fmt: skip
+(C_TS, C_SIZE, C_IPVER, C_PROTO, C_SHI, C_SLO, C_DHI, C_DLO, C_SPORT, C_DPORT, C_FLAGS, C_VLAN,
+ C_SMAC, C_DMAC, C_FRAG, C_SEQ) = range(16)  # fmt: skip
+
 # state scalars (st array)
 S_FREE, S_OUT, S_NOW = range(3)
 
@@ -142,23 +148,18 @@ def _emit(
 
 
 @njit(cache=True, nogil=True)
+def _read(c: tuple, i: int) -> tuple:
+    """Row ``i`` of the ``COLUMNS`` arrays ``c`` as scalars."""
+    return (c[C_TS][i], c[C_SIZE][i], c[C_IPVER][i], c[C_PROTO][i], c[C_SHI][i], c[C_SLO][i],
+            c[C_DHI][i], c[C_DLO][i], c[C_SPORT][i], c[C_DPORT][i], c[C_FLAGS][i], c[C_VLAN][i],
+            c[C_SMAC][i], c[C_DMAC][i], c[C_FRAG][i], c[C_SEQ][i])  # fmt: skip
+
+
+@njit(cache=True, nogil=True)
 def meter_run(
-    ts: np.ndarray,
-    size: np.ndarray,
-    ipver: np.ndarray,
-    proto: np.ndarray,
-    shi: np.ndarray,
-    slo: np.ndarray,
-    dhi: np.ndarray,
-    dlo: np.ndarray,
-    sport: np.ndarray,
-    dport: np.ndarray,
-    flags: np.ndarray,
-    vlan: np.ndarray,
-    smac: np.ndarray,
-    dmac: np.ndarray,
-    frag: np.ndarray,
-    seq: np.ndarray,
+    cols: tuple,
+    pcols: tuple,
+    npend: int,
     perm: np.ndarray,
     begin: int,
     end: int,
@@ -179,6 +180,10 @@ def meter_run(
 ) -> int:
     """Meter packets ``begin:end`` in timestamp order (rows ``perm[begin:end]`` when ``perm`` is
     not empty); return the index reached.
+
+    Rows are those of ``pcols`` (``npend`` held-back rows) followed by those of ``cols`` (the
+    chunk), both tuples of the ``COLUMNS`` arrays: the reorder window's rows and a new chunk
+    are metered together without copying the chunk.
 
     With ``params[7]`` = S shards the flow table is split by key hash into S independent
     tables: this call meters only the flows of ``shard`` into the pool it is given, so S threads
@@ -205,23 +210,27 @@ def meter_run(
         # rows are read through ``perm`` when the chunk was out of order: sorting an index is
         # cheaper than permuting sixteen columns (the input is nearly sorted: reads stay local)
         i = perm[ii] if use_perm else ii
-        pr = proto[i]
+        if i < npend:
+            (t, sz, ipv, pr, sh, sl, dh, dl, sp16, dp16, fl8, vl32, smac, dmac, frag,
+             sq) = _read(pcols, i)  # fmt: skip
+        else:
+            (t, sz, ipv, pr, sh, sl, dh, dl, sp16, dp16, fl8, vl32, smac, dmac, frag,
+             sq) = _read(cols, i - npend)  # fmt: skip
         if not keep_proto[pr]:
             continue
-        sp = np.uint64(sport[i])
-        dp = np.uint64(dport[i])
-        if drop_nf and frag[i] and sp == 0 and dp == 0:
+        sp = np.uint64(sp16)
+        dp = np.uint64(dp16)
+        if drop_nf and frag and sp == 0 and dp == 0:
             continue
         if st[S_FREE] == 0 or st[S_OUT] >= out_cap:
             return ii
-        sh, sl, dh, dl = shi[i], slo[i], dhi[i], dlo[i]
         # endpoint a = the smaller (ip, port): the key does not depend on the direction
         a_src = sh < dh or (sh == dh and (sl < dl or (sl == dl and sp <= dp)))
         if a_src:
             ah, al, ap, bh, bl, bp = sh, sl, sp, dh, dl, dp
         else:
             ah, al, ap, bh, bl, bp = dh, dl, dp, sh, sl, sp
-        kv = np.int64(vlan[i]) if vlan_key else np.int64(0)
+        kv = np.int64(vl32) if vlan_key else np.int64(0)
         small = ap | (bp << np.uint64(16)) | (np.uint64(pr) << np.uint64(32))
         small |= np.uint64(kv & 0xFFFF) << np.uint64(40)
         h = _mix(al + _GOLD)
@@ -249,8 +258,7 @@ def meter_run(
                 f = g
                 break
             pos = (pos + 1) & mask
-        t = ts[i]
-        fl = np.int64(flags[i])
+        fl = np.int64(fl8)
         tcp = pr == 6
         syn = tcp and (fl & 0x02) != 0
         ack = (fl & 0x10) != 0
@@ -269,7 +277,7 @@ def meter_run(
                 _emit(f, cut, pu, pi, ps, pt, ou, oi, os_, ot, st)
                 free[st[S_FREE] - 1] = f
                 f = -1
-        vl = np.int64(vlan[i])
+        vl = np.int64(vl32)
         if f < 0:
             st[S_FREE] -= 1
             f = free[st[S_FREE]]
@@ -286,11 +294,11 @@ def meter_run(
             pi[f, I_PBA] = 0
             pi[f, I_BAB] = 0
             pi[f, I_BBA] = 0
-            pi[f, I_SEQ0] = seq[i]
+            pi[f, I_SEQ0] = sq
             # the initiator sent the first packet, unless that packet is a SYN-ACK (its answer)
             init_a = M_INIT_A if a_src != (syn and ack) else 0
             pi[f, I_MISC] = (
-                M_USED | init_a | (np.int64(ipver[i]) << M_IPVER_SHIFT) | (vl << M_VLAN_SHIFT)
+                M_USED | init_a | (np.int64(ipv) << M_IPVER_SHIFT) | (vl << M_VLAN_SHIFT)
             )
             for d in range(2):
                 for r in range(n):
@@ -298,7 +306,6 @@ def meter_run(
                     pt[f, d, r] = 0
             _ht_insert(ht, h, f)
         pi[f, I_TL] = t
-        sz = size[i]
         d = 0 if a_src else 1
         c = pi[f, I_PAB + d]
         if c < n:
@@ -316,9 +323,9 @@ def meter_run(
             misc = (misc & np.int64(0xFFFFFFFF)) | (vl << M_VLAN_SHIFT)
         pi[f, I_MISC] = misc
         if a_src:
-            ma, mb = smac[i], dmac[i]
+            ma, mb = smac, dmac
         else:
-            ma, mb = dmac[i], smac[i]
+            ma, mb = dmac, smac
         if ma > pu[f, U_MAC_A]:
             pu[f, U_MAC_A] = ma
         if mb > pu[f, U_MAC_B]:

@@ -42,7 +42,8 @@ def signatures() -> dict[str, tuple[str, Any]]:
             a(u8, readonly=True), i64, i64, i64, i64, i64, i64, i64, i64, a(i64, 2),
             a(i64, 2), a(u64, 2), a(i32, 2), a(u16, 2), a(u8, 2), a(i64), a(i64))),
         "meter_run": ("_meter_kernels", i64(
-            *columns, a(i64), i64, i64, a(b1), a(i64), i64, *pool)),
+            T.Tuple(columns), T.Tuple(columns), i64, a(i64), i64, i64, a(b1), a(i64), i64,
+            *pool)),
         "expire": ("_meter_kernels", i64(i64, i64, b1, b1, i64, *pool)),
         "emit_slots": ("_meter_kernels", i64(a(i64), i64, i64, i64, b1, *pool)),
         "rehash": ("_meter_kernels", T.none(a(i64), a(u64, 2), a(i64, 2), i64)),

@@ -138,16 +138,24 @@ class FlowMeter:
                 p.st[K.S_OUT] = 0
 
     def _run(
-        self, c: tuple[np.ndarray, ...], lo: int, hi: int, perm: np.ndarray | None = None
+        self,
+        c: tuple[np.ndarray, ...],
+        lo: int,
+        hi: int,
+        perm: np.ndarray | None = None,
+        pend: tuple[np.ndarray, ...] = (),
     ) -> None:
-        """Meter rows ``lo:hi`` of the time-ordered columns ``c`` (of ``c[perm]`` when given),
-        one thread per flow table, growing the pools and draining the outputs as needed."""
+        """Meter rows ``lo:hi`` of the time-ordered columns ``c`` (of ``c[perm]`` when given;
+        with ``pend``, ``perm`` indexes the rows of ``pend`` then those of ``c``), one thread per
+        flow table, growing the pools and draining the outputs as needed."""
         order = _NO_PERM if perm is None else perm
+        npend = len(pend[0]) if pend else 0
+        pcols = pend if pend else _NO_ROWS
         at = [lo] * len(self.pools)
 
         def run(s: int) -> int:
-            return K.meter_run(*c, order, at[s], hi, self.keep_proto, self.params, s,
-                               *self.pools[s].state)  # fmt: skip
+            return K.meter_run(c, pcols, npend, order, at[s], hi, self.keep_proto, self.params,
+                               s, *self.pools[s].state)  # fmt: skip
 
         while True:
             todo = [s for s in range(len(self.pools)) if at[s] < hi]
@@ -169,7 +177,8 @@ class FlowMeter:
                 if r < hi:
                     self._make_room(self.pools[s])
         if hi > 0:
-            self.done_ts = int(c[0][hi - 1 if perm is None else perm[hi - 1]])
+            last = hi - 1 if perm is None else int(perm[hi - 1])
+            self.done_ts = int(pend[0][last] if last < npend else c[0][last - npend])
 
     def _make_room(self, pool: _Pool) -> None:
         """A kernel stopped: drain its output when full; when its pool is full, first sweep the
@@ -260,25 +269,20 @@ class FlowMeter:
             self.pending = tuple(x[rest] for x in c)
             self._sweep_if(cut > 0 or bool(pend))
             return
-        c = _gather(c, idx)
-        allp = tuple(np.concatenate([p, x]) for p, x in zip(pend, c, strict=True)) if pend else c
-        del c
-        ts = allp[0]
-        if bool(np.all(ts[1:] >= ts[:-1])):
-            watermark = int(ts[-1]) - self.window
-            cut = int(np.searchsorted(ts, watermark, side="right"))
-            self._run(allp, 0, cut)
-            self.pending = tuple(x[cut:] for x in allp)
-        else:
-            # only disordered input pays for the sort: of an index, read through by the kernel;
-            # only the held-back rows are copied (in time order)
-            order = np.argsort(ts, kind="stable")
-            sorted_ts = ts[order]
-            watermark = int(sorted_ts[-1]) - self.window
-            cut = int(np.searchsorted(sorted_ts, watermark, side="right"))
-            self._run(allp, 0, cut, order)
-            rest = order[cut:]
-            self.pending = tuple(x[rest] for x in allp)
+        # disordered, or the held-back rows interleave with the chunk: one stable time order
+        # over the held-back rows and the chunk's metered rows, read through by the kernel (the
+        # chunk is not copied; only the rows held back again are)
+        npend = len(pend[0]) if pend else 0
+        ts_all = np.concatenate([pend[0], ts]) if npend else ts
+        order = np.argsort(ts_all, kind="stable")
+        sorted_ts = ts_all[order]
+        if idx is not None:  # chunk rows by position in the chunk, not among the metered rows
+            chunk = order >= npend
+            order[chunk] = npend + idx[order[chunk] - npend]
+        watermark = int(sorted_ts[-1]) - self.window
+        cut = int(np.searchsorted(sorted_ts, watermark, side="right"))
+        self._run(c, 0, cut, order, pend)
+        self.pending = _take_rows(pend, c, order[cut:])
         self._sweep_if(cut > 0)
 
     def _sweep_if(self, processed: bool) -> None:
@@ -377,6 +381,7 @@ _DTYPES = (np.int64, np.int64, np.uint8, np.uint8, np.uint64, np.uint64, np.uint
 
 
 _NO_PERM = np.zeros(0, np.int64)  # meter_run reads rows in order
+_NO_ROWS = tuple(np.zeros(0, dt) for dt in _DTYPES)  # no held-back rows
 
 
 def _zeros_aligned(shape: tuple[int, int], dtype: type, align: int = 64) -> np.ndarray:
@@ -391,6 +396,23 @@ def _zeros_aligned(shape: tuple[int, int], dtype: type, align: int = 64) -> np.n
 def _gather(c: tuple[np.ndarray, ...], idx: np.ndarray | None) -> tuple[np.ndarray, ...]:
     """The metered rows of the kernel's columns (all of them when ``idx`` is None)."""
     return c if idx is None else tuple(x[idx] for x in c)
+
+
+def _take_rows(
+    pend: tuple[np.ndarray, ...], c: tuple[np.ndarray, ...], rows: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Rows of the virtual concatenation ``pend + c`` (``rows`` index it), as new columns."""
+    npend = len(pend[0]) if pend else 0
+    if not npend:
+        return tuple(x[rows] for x in c)
+    mine = rows < npend
+    out = []
+    for p, x in zip(pend, c, strict=True):
+        col = np.empty(len(rows), x.dtype)
+        col[mine] = p[rows[mine]]
+        col[~mine] = x[rows[~mine] - npend]
+        out.append(col)
+    return tuple(out)
 
 
 class _FinishedFlows:
