@@ -1064,6 +1064,7 @@ def _stream_captures(paths: list[Path], run: _Run, out: Path) -> FlowResult:
         for path, part in zip(paths, runs, strict=True):
             res = _meter_streaming(path, run, part, row_group=min(ROW_GROUP, share))
             late += res.late_packets
+            _trim_heap()
         rows = _merge_runs(runs, out, schema, share)
     finally:
         for part in runs:
@@ -1071,7 +1072,20 @@ def _stream_captures(paths: list[Path], run: _Run, out: Path) -> FlowResult:
     return FlowResult(table=None, stats=run.stats, late_packets=late, rows=rows)
 
 
-MERGE_ROWS = 32_768  # rows buffered over all runs while merging (about 15 MB)
+def _trim_heap() -> None:
+    """Give the C heap's free memory back to the system (glibc keeps what a capture's metering
+    freed, per thread arena; the next capture or the merge would add to it)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+MERGE_ROWS = 16_384  # rows buffered over all runs while merging (about 8 MB)
 MERGE_MIN_BATCH = 1024  # ... but at least this many per run
 
 
