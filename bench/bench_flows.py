@@ -1,16 +1,19 @@
 """Benchmark the whole `iotwatch flows` process against a naive scapy baseline (and NFStream).
 
 .venv/bin/python bench/bench_flows.py [--packets 2000000] [--flows 50000]
-    [--baseline-packets N] [--keep]
+    [--baseline-packets N] [--repeat 5] [--multi 5] [--keep]
 
-Runs, side by side: a scapy RawPcapReader + struct flow counter (the naive baseline, on the first
-``--baseline-packets`` packets and extrapolated as packets/s), NFStream when importable, and
-`iotwatch flows` as a subprocess (interpreter start included) on the default capture and on the
-full-generality variant (pcapng, VLAN, 50 % IPv6, 1 % out-of-order timestamps). Each variant runs
-cold (an empty NUMBA_CACHE_DIR: every kernel compiles) and then warm (the cache the cold run
-filled; best of ``--repeat``). Prints packets/s, ratios to scapy, the cost of generality and the
-subprocess's peak resident and private (anonymous) memory. Resident memory includes the pages
-of the memory-mapped capture (file-backed, reclaimable); private memory is the process's own.
+Runs, side by side: a naive scapy flow meter (RawPcapReader + struct decoding + a dict of flows
+with the first-N features: the default profile's job, on the first ``--baseline-packets``
+packets, as packets/s) and the leanest scapy count (packets/bytes per key), NFStream when
+importable, and `iotwatch flows` as a subprocess (interpreter start included) on the default
+capture and on the full-generality variant (pcapng, VLAN, 50 % IPv6, 1 % out-of-order
+timestamps), ``--repeat`` times each, interleaved (best and median). With ahead-of-time
+kernels (make setup) the JIT fallback is run too, cold (empty numba cache: every kernel
+compiles) and warm. Then one run over ``--multi`` copies of the capture (memory must not follow
+the number of captures). Prints packets/s, ratios to the scapy baseline, the cost of generality
+and the subprocess's peak resident and private (anonymous) memory. Resident memory includes the
+pages of the memory-mapped capture (file-backed, reclaimable); private memory is the process's.
 """
 
 from __future__ import annotations
@@ -154,10 +157,13 @@ def _anon_kb(pid: int) -> int:
     return 0
 
 
-def run_cli(path: Path | list[Path], out: Path, cache_dir: Path) -> tuple[float, int, int, str]:
+def run_cli(
+    path: Path | list[Path], out: Path, cache_dir: Path, kernels: str = "auto"
+) -> tuple[float, int, int, str]:
     """`iotwatch flows` as a subprocess: (seconds, peak RSS kB, peak private kB, summary).
 
-    ``cache_dir`` is the numba cache the process uses (empty: a cold run that compiles).
+    ``cache_dir`` is the numba cache the process uses (empty: a cold JIT run compiles);
+    ``kernels``: IOTWATCH_KERNELS for it.
     """
     paths = path if isinstance(path, list) else [path]
     cmd = [
@@ -177,7 +183,7 @@ def run_cli(path: Path | list[Path], out: Path, cache_dir: Path) -> tuple[float,
         *cmd,
     ]
     t = time.perf_counter()
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "IOTWATCH_KERNELS": kernels}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     peak = [0]
 
@@ -248,41 +254,51 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"nfstream: {nf[0]} packets in {nf[1]:.2f} s = {n / nf[1] / 1e6:.3f} Mpkt/s")
 
+    kinds = subprocess.run(
+        [sys.executable, "-c", "from iotwatch.flowmeter import _jit; print(_jit.kind())"],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    ).stdout.strip()  # fmt: skip
+    print(f"kernels: {kinds} ({'built by make setup' if kinds == 'aot' else 'JIT: no build'})")
     variants = (("default", plain), ("full-generality", full))
-    caches = {label: tempfile.mkdtemp(prefix="numba-cache-") for label, _ in variants}
+    cache = tempfile.mkdtemp(prefix="numba-cache-")
     runs: dict[tuple[str, str], list] = {}
-    for label, path in variants:  # cold: an empty numba cache, every kernel compiles
-        runs[label, "cold"] = [run_cli(path, OUT / f"{path.stem}.parquet", Path(caches[label]))]
-    for _ in range(max(1, args.repeat)):  # warm, interleaved: machine noise hits both alike
+    for _ in range(max(1, args.repeat)):  # interleaved: machine noise hits both alike
         for label, path in variants:
-            run = run_cli(path, OUT / f"{path.stem}.parquet", Path(caches[label]))
-            runs.setdefault((label, "warm"), []).append(run)
+            run = run_cli(path, OUT / f"{path.stem}.parquet", Path(cache))
+            runs.setdefault((label, kinds), []).append(run)
+    if kinds == "aot":  # the JIT fallback, for comparison: cold (empty cache), then warm
+        jit_cache = tempfile.mkdtemp(prefix="numba-cache-")
+        for label, path in variants:
+            out = OUT / f"{path.stem}.parquet"
+            runs[label, "jit cold"] = [run_cli(path, out, Path(jit_cache), "jit")]
+            runs[label, "jit warm"] = [run_cli(path, out, Path(jit_cache), "jit")]
+        shutil.rmtree(jit_cache, ignore_errors=True)
     if args.multi > 1:  # memory does not follow the number of captures (merged runs)
-        dt, rss, anon, what = run_cli([plain] * args.multi, OUT / "multi.parquet",
-                                      Path(caches["default"]))  # fmt: skip
+        dt, rss, anon, what = run_cli([plain] * args.multi, OUT / "multi.parquet", Path(cache))
         print(
             f"iotwatch flows [{args.multi} x default in one run]: {dt:.2f} s = "
             f"{args.multi * n / dt / 1e6:.2f} Mpkt/s; peak private {anon / 1024:.0f} MB, {what}"
         )
         (OUT / "multi.parquet").unlink(missing_ok=True)
-    for cache in caches.values():
-        shutil.rmtree(cache, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)
     results = {}
     for (label, kind), rs in runs.items():
         rs.sort()
         dt, rss, anon, what = rs[0]
         med = rs[len(rs) // 2][0]
-        pps = n / dt
-        results[label, kind] = pps
-        spread = f", median {n / med / 1e6:.2f} Mpkt/s of {len(rs)}" if len(rs) > 1 else ""
+        pps, mpps = n / dt, n / med
+        results[label, kind] = (pps, mpps)
+        spread = f"; median {mpps / 1e6:.2f} Mpkt/s of {len(rs)}" if len(rs) > 1 else ""
         print(
             f"iotwatch flows [{label}, {kind}]: best {dt:.2f} s = {pps / 1e6:.2f} Mpkt/s "
             f"({pps / base_pps:.1f}x scapy meter, {pps / lean_pps:.1f}x lean count){spread}; "
             f"peak RSS {rss / 1024:.0f} MB, peak private {anon / 1024:.0f} MB, {what}"
         )
-    for kind in ("cold", "warm"):
-        cost = results["default", kind] / results["full-generality", kind] - 1
-        print(f"full generality costs {100 * cost:+.0f} % time ({kind}, best runs)")
+    (d_best, d_med), (f_best, f_med) = results["default", kinds], results["full-generality", kinds]
+    print(
+        f"full generality costs {100 * (d_best / f_best - 1):+.0f} % time (best runs), "
+        f"{100 * (d_med / f_med - 1):+.0f} % (medians)"
+    )
     if not args.keep:
         plain.unlink()
         full.unlink()
