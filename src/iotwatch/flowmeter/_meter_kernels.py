@@ -4,8 +4,9 @@ State lives in numpy arrays owned by ``meter.FlowMeter`` (so it survives between
 kernels stay pure functions with few, fixed signatures that ``cache=True`` compiles once):
 
 - a *pool* of flow records: ``pu`` (uint64 columns ``U_*``: hash, key, MACs) and ``pi`` (int64
-  columns ``I_*``: times, counters, packed small fields), one cache line each per flow; ``ps``
-  (int32 ``[slot, direction, rank]`` first-N sizes, -1 = absent) and ``pt`` (int64 times);
+  columns ``I_*``: times, counters, packed small fields), one cache line each per flow; ``pf``
+  (int64 ``[slot, direction, rank]``: the first N packets' size and time, packed by ``_feature``,
+  -1 = absent);
   free slots are a stack in ``free``;
 - ``ht``: an open-addressing (linear probing) hash table of pool slots, -1 = empty, deleted with
   backward shift (no tombstones, so probe lengths stay short however many flows come and go);
@@ -112,18 +113,29 @@ def rehash(ht: np.ndarray, pu: np.ndarray, pi: np.ndarray, used_upto: int) -> No
             _ht_insert(ht, pu[f, U_H], f)
 
 
+FEATURE_SIZE_BITS = 20
+FEATURE_SIZE_MAX = (1 << FEATURE_SIZE_BITS) - 1  # larger sizes are stored as this
+FEATURE_TIME_BITS = 63 - FEATURE_SIZE_BITS  # time since the flow's start, in resolution units
+
+
+@njit(cache=True, nogil=True)
+def _feature(size: int, since_start: int, res: int) -> np.int64:
+    """One first-N packet as one int64: time since the flow's first packet (in ``res`` ns
+    units, ``feature_resolution``) above the size (saturated at ``FEATURE_SIZE_MAX``); >= 0."""
+    sz = min(max(size, 0), FEATURE_SIZE_MAX)
+    return np.int64(((since_start // res) << FEATURE_SIZE_BITS) | sz)
+
+
 @njit(cache=True, nogil=True)
 def _emit(
     f: int,
     reason: int,
     pu: np.ndarray,
     pi: np.ndarray,
-    ps: np.ndarray,
-    pt: np.ndarray,
+    pf: np.ndarray,
     ou: np.ndarray,
     oi: np.ndarray,
-    os_: np.ndarray,
-    ot: np.ndarray,
+    of: np.ndarray,
     st: np.ndarray,
 ) -> None:
     """Copy flow ``f`` to the output buffer (close beats any other reason) and free its slot."""
@@ -134,9 +146,8 @@ def _emit(
     for j in range(NI):
         oi[k, j] = pi[f, j]
     for d in range(2):
-        for r in range(ps.shape[2]):
-            os_[k, d, r] = ps[f, d, r]
-            ot[k, d, r] = pt[f, d, r]
+        for r in range(pf.shape[2]):
+            of[k, d, r] = pf[f, d, r]
     misc = pi[f, I_MISC]
     why = CLOSE if _closed(misc) else reason
     oi[k, I_MISC] = (misc & ~np.int64(0xFF << M_REASON_SHIFT)) | (np.int64(why) << M_REASON_SHIFT)
@@ -169,14 +180,12 @@ def meter_run(
     ht: np.ndarray,
     pu: np.ndarray,
     pi: np.ndarray,
-    ps: np.ndarray,
-    pt: np.ndarray,
+    pf: np.ndarray,
     free: np.ndarray,
     st: np.ndarray,
     ou: np.ndarray,
     oi: np.ndarray,
-    os_: np.ndarray,
-    ot: np.ndarray,
+    of: np.ndarray,
 ) -> int:
     """Meter packets ``begin:end`` in timestamp order (rows ``perm[begin:end]`` when ``perm`` is
     not empty); return the index reached.
@@ -191,7 +200,7 @@ def meter_run(
 
     Less than ``end`` means the pool has no free slot or the output buffer is full: grow/drain
     and call again from there. ``params``: idle, active (ns), timeout_inclusive, vlan_in_key,
-    tcp_close_ends_flow, drop non-first fragments, N, shards.
+    tcp_close_ends_flow, drop non-first fragments, N, shards, feature time resolution (ns).
     """
     idle, active = params[0], params[1]
     shards = np.uint64(params[7])
@@ -203,6 +212,7 @@ def meter_run(
         params[5] != 0,
     )
     n = params[6]
+    res = params[8]
     mask = ht.shape[0] - 1
     out_cap = oi.shape[0]
     use_perm = perm.shape[0] > 0
@@ -274,7 +284,7 @@ def meter_run(
                 cut = CLOSE  # a pure SYN after FIN both ways / RST: a new connection
             if cut >= 0:
                 _ht_delete(ht, pu, f)
-                _emit(f, cut, pu, pi, ps, pt, ou, oi, os_, ot, st)
+                _emit(f, cut, pu, pi, pf, ou, oi, of, st)
                 free[st[S_FREE] - 1] = f
                 f = -1
         vl = np.int64(vl32)
@@ -302,15 +312,13 @@ def meter_run(
             )
             for d in range(2):
                 for r in range(n):
-                    ps[f, d, r] = -1
-                    pt[f, d, r] = 0
+                    pf[f, d, r] = -1
             _ht_insert(ht, h, f)
         pi[f, I_TL] = t
         d = 0 if a_src else 1
         c = pi[f, I_PAB + d]
         if c < n:
-            ps[f, d, c] = sz
-            pt[f, d, c] = t
+            pf[f, d, c] = _feature(sz, t - pi[f, I_T0], res)
         pi[f, I_PAB + d] = c + 1
         pi[f, I_BAB + d] += sz
         misc = pi[f, I_MISC]
@@ -344,14 +352,12 @@ def expire(
     ht: np.ndarray,
     pu: np.ndarray,
     pi: np.ndarray,
-    ps: np.ndarray,
-    pt: np.ndarray,
+    pf: np.ndarray,
     free: np.ndarray,
     st: np.ndarray,
     ou: np.ndarray,
     oi: np.ndarray,
-    os_: np.ndarray,
-    ot: np.ndarray,
+    of: np.ndarray,
 ) -> int:
     """Emit the flows idle at ``now`` (all open flows when ``everything``); return the slot reached.
 
@@ -370,7 +376,7 @@ def expire(
             return f
         if not everything:
             _ht_delete(ht, pu, f)
-        _emit(f, IDLE if is_idle else EOC, pu, pi, ps, pt, ou, oi, os_, ot, st)
+        _emit(f, IDLE if is_idle else EOC, pu, pi, pf, ou, oi, of, st)
         free[st[S_FREE] - 1] = f
     if everything:
         for j in range(ht.shape[0]):
@@ -388,14 +394,12 @@ def emit_slots(
     ht: np.ndarray,
     pu: np.ndarray,
     pi: np.ndarray,
-    ps: np.ndarray,
-    pt: np.ndarray,
+    pf: np.ndarray,
     free: np.ndarray,
     st: np.ndarray,
     ou: np.ndarray,
     oi: np.ndarray,
-    os_: np.ndarray,
-    ot: np.ndarray,
+    of: np.ndarray,
 ) -> int:
     """End the open flows ``slots[begin:]`` in that order, as ``expire`` does at the end of the
     capture (idle at ``now``, else end of capture); return the index reached (less than the
@@ -407,7 +411,7 @@ def emit_slots(
         f = slots[k]
         quiet = now - pi[f, I_TL]
         is_idle = (quiet >= idle) if incl else (quiet > idle)
-        _emit(f, IDLE if is_idle else EOC, pu, pi, ps, pt, ou, oi, os_, ot, st)
+        _emit(f, IDLE if is_idle else EOC, pu, pi, pf, ou, oi, of, st)
         free[st[S_FREE] - 1] = f
     return slots.shape[0]
 

@@ -33,8 +33,8 @@ def signatures() -> dict[str, tuple[str, Any]]:
 
     i64, u64, i32, u16, u8, b1 = T.int64, T.uint64, T.int32, T.uint16, T.uint8, T.boolean
     # pool state after the hash table, as ``_Pool.state`` passes it
-    pool = (a(i64), a(u64, 2), a(i64, 2), a(i32, 3), a(i64, 3), a(i64), a(i64),
-            a(u64, 2), a(i64, 2), a(i32, 3), a(i64, 3))  # fmt: skip
+    pool = (a(i64), a(u64, 2), a(i64, 2), a(i64, 3), a(i64), a(i64), a(u64, 2), a(i64, 2),
+            a(i64, 3))  # fmt: skip
     columns = (a(i64), a(i64), a(u8), a(u8), a(u64), a(u64), a(u64), a(u64), a(u16), a(u16),
                a(u8), a(i32), a(u64), a(u64), a(b1), a(i64))  # fmt: skip
     return {

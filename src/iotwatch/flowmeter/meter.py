@@ -47,26 +47,24 @@ class _Pool:
         self.alloc(cap)
         self.ou = np.zeros((out_rows, K.NU), np.uint64)
         self.oi = np.zeros((out_rows, K.NI), np.int64)
-        self.os = np.zeros((out_rows, 2, n), np.int32)
-        self.ot = np.zeros((out_rows, 2, n), np.int64)
+        self.of = np.zeros((out_rows, 2, n), np.int64)
 
     def alloc(self, cap: int, grow: bool = False) -> None:
         """(Re)allocate the pool with ``cap`` slots (keeping the flows when ``grow``) and a hash
         table twice that size."""
         n = self.n
         pu, pi = _zeros_aligned((cap, K.NU), np.uint64), _zeros_aligned((cap, K.NI), np.int64)
-        ps, pt = np.full((cap, 2, n), -1, np.int32), np.zeros((cap, 2, n), np.int64)
+        pf = np.full((cap, 2, n), -1, np.int64)
         free = np.arange(cap - 1, -1, -1, dtype=np.int64)  # a stack: slot 0 is popped first
         if grow:
             m = len(self.pu)
-            for new, prev in zip((pu, pi, ps, pt), (self.pu, self.pi, self.ps, self.pt),
-                                 strict=True):  # fmt: skip
+            for new, prev in zip((pu, pi, pf), (self.pu, self.pi, self.pf), strict=True):
                 new[:m] = prev
             free = free[: cap - m]  # the old slots are all in use (the pool grows only when full)
             self.st[K.S_FREE] = cap - m
         else:
             self.st[K.S_FREE] = cap
-        self.pu, self.pi, self.ps, self.pt, self.free = pu, pi, ps, pt, free
+        self.pu, self.pi, self.pf, self.free = pu, pi, pf, free
         # load factor <= 0.5 keeps linear probing short
         self.ht = np.full(2 * cap, -1, np.int64)
         if grow:
@@ -75,16 +73,16 @@ class _Pool:
     @property
     def state(self) -> tuple[np.ndarray, ...]:
         """The kernel arguments from the hash table on."""
-        return (self.ht, self.pu, self.pi, self.ps, self.pt, self.free, self.st, self.ou, self.oi,
-                self.os, self.ot)  # fmt: skip
+        return (self.ht, self.pu, self.pi, self.pf, self.free, self.st, self.ou, self.oi,
+                self.of)  # fmt: skip
 
     def earliest_open_start(self) -> int | None:
         used = (self.pi[:, K.I_MISC] & K.M_USED) != 0
         return int(self.pi[used, K.I_T0].min()) if used.any() else None
 
     def release(self) -> None:
-        self.pu = self.pi = self.ps = self.pt = self.ht = self.free = None  # type: ignore[assignment]
-        self.ou = self.oi = self.os = self.ot = None  # type: ignore[assignment]
+        self.pu = self.pi = self.pf = self.ht = self.free = None  # type: ignore[assignment]
+        self.ou = self.oi = self.of = None  # type: ignore[assignment]
 
 
 class FlowMeter:
@@ -117,7 +115,8 @@ class FlowMeter:
         self.threads = max(1, int(threads))
         self.params = np.array(
             [self.idle, self.active, config.timeout_inclusive, config.vlan_in_key,
-             config.tcp_close_ends_flow, self.drop_nf, self.n, self.threads],
+             config.tcp_close_ends_flow, self.drop_nf, self.n, self.threads,
+             feature_resolution(self.active)],
             np.int64,
         )  # fmt: skip
         self.seq = 0  # packets of the capture seen so far (their order in the file)
@@ -125,7 +124,7 @@ class FlowMeter:
         self.done_ts: int | None = None  # everything at or before this time is processed
         self.late = 0  # packets later than the reorder window (clamped)
         self.pools = [_Pool(self.n, self.POOL0, self.OUT_ROWS) for _ in range(self.threads)]
-        self.done = _FinishedFlows(self.n)
+        self.done = _FinishedFlows(self.n, int(self.params[8]))
         self._executor: Any = None  # threads for the shards after the first, made on first use
 
     # -- state ------------------------------------------------------------------------------
@@ -134,7 +133,7 @@ class FlowMeter:
         for p in self.pools if pool is None else (pool,):
             k = int(p.st[K.S_OUT])
             if k:
-                self.done.add(p.ou[:k], p.oi[:k], p.os[:k], p.ot[:k])
+                self.done.add(p.ou[:k], p.oi[:k], p.of[:k])
                 p.st[K.S_OUT] = 0
 
     def _run(
@@ -384,6 +383,14 @@ _NO_PERM = np.zeros(0, np.int64)  # meter_run reads rows in order
 _NO_ROWS = tuple(np.zeros(0, dt) for dt in _DTYPES)  # no held-back rows
 
 
+def feature_resolution(active_ns: int) -> int:
+    """ns per unit of the first-N times stored in the pool: 1 (exact) while a flow's span, at
+    most the active timeout, fits the packed field (2**43 ns, 2.4 h); coarser beyond (5 ns for
+    a day), so any active timeout works."""
+    limit = 1 << K.FEATURE_TIME_BITS
+    return max(1, -(-(max(active_ns, 0) + 1) // limit))
+
+
 def _zeros_aligned(shape: tuple[int, int], dtype: type, align: int = 64) -> np.ndarray:
     """Zeros whose rows start on ``align``-byte boundaries (64-byte rows: one cache line each)."""
     dt = np.dtype(dtype)
@@ -436,10 +443,11 @@ class _FinishedFlows:
     }  # fmt: skip
     _PACKED = {"proto": np.uint8, "ipver": np.uint8, "vlan": np.int32, "a_port": np.uint16,
                "b_port": np.uint16, "init_a": np.bool_, "reason": np.int8}  # fmt: skip
-    _FEAT = {"s_ab": ("s", 0), "s_ba": ("s", 1), "t_ab": ("t", 0), "t_ba": ("t", 1)}
+    _FEAT = ("s_ab", "s_ba", "t_ab", "t_ba")
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, res: int = 1) -> None:
         self.n = n
+        self.res = res  # ns per unit of the packed feature times
         self.rows = 0
         self.cols: dict[str, list[np.ndarray]] = {k: [] for k in self._names()}
 
@@ -447,10 +455,10 @@ class _FinishedFlows:
     def _names(cls) -> tuple[str, ...]:
         return (*cls._FROM, *cls._PACKED, *cls._FEAT)
 
-    def add(self, ou: np.ndarray, oi: np.ndarray, os_: np.ndarray, ot: np.ndarray) -> None:
+    def add(self, ou: np.ndarray, oi: np.ndarray, of: np.ndarray) -> None:
         """Keep output rows as typed column copies (the kernel's buffers are reused)."""
         self.rows += len(oi)
-        src = {"u": ou, "i": oi, "s": os_, "t": ot}
+        src = {"u": ou, "i": oi}
         for name, (which, j, dtype) in self._FROM.items():
             self.cols[name].append(src[which][:, j].astype(dtype))
         small, misc = ou[:, K.U_SMALL], oi[:, K.I_MISC]
@@ -462,8 +470,17 @@ class _FinishedFlows:
         for name, dtype in self._PACKED.items():
             # astype to a narrower integer keeps the low bits: the field's own
             self.cols[name].append(unpacked[name].astype(dtype))
-        for name, (which, d) in self._FEAT.items():
-            self.cols[name].append(src[which][:, d, :].copy())
+        # the packed first-N features: size -1 / time 0 where absent, as the table expects
+        t0 = oi[:, K.I_T0, None]
+        for d in range(2):
+            f = of[:, d, :]
+            absent = f < 0
+            size = (f & K.FEATURE_SIZE_MAX).astype(np.int32)
+            size[absent] = -1
+            t = t0 + (f >> K.FEATURE_SIZE_BITS) * self.res
+            t[absent] = 0
+            self.cols[("s_ab", "s_ba")[d]].append(size)
+            self.cols[("t_ab", "t_ba")[d]].append(t)
 
     def pop_before(self, bound: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Take the flows that started before ``bound`` (ns); keep the others."""
