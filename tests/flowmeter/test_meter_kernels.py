@@ -299,3 +299,28 @@ def test_several_captures_streamed_in_global_order(
     assert res.table is None and res.rows == whole.num_rows == 22
     assert pq.read_table(out).equals(whole)
     assert not list(tmp_path.glob(".all.parquet.run*"))  # the run files are gone
+
+
+def test_packed_features_resolution_and_saturation(tmp_path: Path) -> None:
+    """First-N times are exact (ns) up to a 2.4 h active timeout and in coarser units beyond;
+    sizes past 2**20 - 1 saturate (the byte counters do not)."""
+    from tests.flowmeter.handmade import DEV_IP, SRV_IP, T0, tcp, write_pcap
+
+    from iotwatch.flowmeter import meter_captures
+    from iotwatch.flowmeter.meter import feature_resolution
+
+    assert feature_resolution(600 * 10**9) == 1
+    assert feature_resolution((1 << K.FEATURE_TIME_BITS) - 1) == 1
+    assert feature_resolution(1 << K.FEATURE_TIME_BITS) == 2
+    assert feature_resolution(86_400 * 10**9) == 10
+    packed = K._feature(5_000_000, 7, 1)
+    assert packed & K.FEATURE_SIZE_MAX == K.FEATURE_SIZE_MAX and packed >> K.FEATURE_SIZE_BITS == 7
+
+    # a flow whose packets are a day apart: kept whole by a 3-day timeout, IAT to the microsecond
+    day = 86_400.0
+    pk = [tcp(T0 + k * day + k * 1e-6, DEV_IP, SRV_IP, 40000, 443, "A", 10) for k in range(3)]
+    cfg = dataclasses.replace(FlowConfig(), idle_timeout=3 * day, active_timeout=3 * day)
+    row = meter_captures([write_pcap(tmp_path / "slow.pcap", pk)], cfg).table.to_pylist()[0]
+    assert row["packets"] == 3
+    assert abs(row["iat_sent_1"] - (day + 1e-6)) < 1e-7
+    assert abs(row["iat_sent_2"] - (day + 1e-6)) < 1e-7
