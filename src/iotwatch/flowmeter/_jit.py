@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -25,20 +26,36 @@ from typing import Any
 from iotwatch.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("_decode.py", "_meter_kernels.py")  # what the compiled module is built from
+# what the compiled module depends on: the kernels, the signatures the build declares, and the
+# modules that allocate the arrays the kernels are called with (their dtypes and layouts)
+SOURCES = ("_decode.py", "_meter_kernels.py", "build_aot.py", "meter.py", "reader.py")
+
+
+def _cpu_id() -> bytes:
+    """The CPU the module is compiled for (``target_cpu = "host"``): its model and features."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            first = fh.read().split("\n\n", 1)[0]
+        keep = [line for line in first.splitlines() if line.startswith(("model name", "flags"))]
+        return "\n".join(keep).encode()
+    except OSError:
+        import platform
+
+        return f"{platform.machine()} {platform.processor()}".encode()
 
 
 def source_tag() -> str:
-    """A short hash of the kernel sources and the numba version that compiles them."""
+    """A short hash of the kernel sources, the numba version and the CPU they compile for."""
     h = hashlib.sha256()
     for name in SOURCES:
         h.update((HERE / name).read_bytes())
-    try:
-        from importlib.metadata import version
-
-        h.update(version("numba").encode())
-    except Exception:  # numba not installed: no JIT either, the tag only names the module
-        pass
+    h.update(_cpu_id())
+    # numba's version, read from its files without importing it (importlib.metadata: 50 ms)
+    spec = importlib.util.find_spec("numba")
+    if spec is not None and spec.origin:
+        version_file = Path(spec.origin).with_name("_version.py")
+        if version_file.is_file():
+            h.update(version_file.read_bytes())
     return h.hexdigest()[:12]
 
 

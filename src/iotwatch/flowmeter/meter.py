@@ -18,7 +18,9 @@ How it works (docs/flows.md has the flow definition):
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,13 +57,17 @@ class _Pool:
         n = self.n
         pu, pi = _zeros_aligned((cap, K.NU), np.uint64), _zeros_aligned((cap, K.NI), np.int64)
         pf = np.full((cap, 2, n), -1, np.int64)
-        free = np.arange(cap - 1, -1, -1, dtype=np.int64)  # a stack: slot 0 is popped first
+        # the free slots are a stack, free[:S_FREE], its top last: slot 0 is popped first
+        free = np.arange(cap - 1, -1, -1, dtype=np.int64)
         if grow:
             m = len(self.pu)
             for new, prev in zip((pu, pi, pf), (self.pu, self.pi, self.pf), strict=True):
                 new[:m] = prev
-            free = free[: cap - m]  # the old slots are all in use (the pool grows only when full)
-            self.st[K.S_FREE] = cap - m
+            # the new slots m.. under the old pool's free slots (a sweep may have freed a few
+            # before the pool grew): those are reused first
+            kept = int(self.st[K.S_FREE])
+            free[cap - m : cap - m + kept] = self.free[:kept]
+            self.st[K.S_FREE] = cap - m + kept
         else:
             self.st[K.S_FREE] = cap
         self.pu, self.pi, self.pf, self.free = pu, pi, pf, free
@@ -85,6 +91,9 @@ class _Pool:
         self.ou = self.oi = self.of = None  # type: ignore[assignment]
 
 
+MAX_THREADS = 64  # each flow table costs memory and a pass over every row
+
+
 class FlowMeter:
     """Meters one capture: feed PacketBatch chunks in file order, then ``finish()``.
 
@@ -97,8 +106,6 @@ class FlowMeter:
     PARALLEL_MIN = 4096  # rows below which the tables are metered in turn (threads cost more)
 
     def __init__(self, config: FlowConfig, threads: int | None = None) -> None:
-        import os
-
         self.cfg = config
         self.n = config.n_packets
         self.unit = TIMESTAMP_UNITS_NS[config.timestamp_unit]
@@ -112,7 +119,9 @@ class FlowMeter:
         self.drop_nf = config.non_first_fragments == "drop"
         if threads is None:
             threads = 2 if (os.cpu_count() or 1) >= 2 else 1
-        self.threads = max(1, int(threads))
+        if not 1 <= int(threads) <= MAX_THREADS:
+            raise InputError(f"threads must be 1 to {MAX_THREADS}, not {threads}")
+        self.threads = int(threads)
         self.params = np.array(
             [self.idle, self.active, config.timeout_inclusive, config.vlan_in_key,
              config.tcp_close_ends_flow, self.drop_nf, self.n, self.threads,
@@ -221,7 +230,8 @@ class FlowMeter:
         cols = (ts, size, b.ip_version, b.proto, b.src_ip_hi, b.src_ip_lo, b.dst_ip_hi,
                 b.dst_ip_lo, b.sport, b.dport, b.tcp_flags, b.vlan, b.src_mac, b.dst_mac,
                 b.fragment, seq)  # fmt: skip
-        cols = tuple(np.asarray(a, dt) for a, dt in zip(cols, _DTYPES, strict=True))
+        # contiguous, of the kernel's dtypes: a compiled kernel reads the buffers as declared
+        cols = tuple(np.ascontiguousarray(a, dt) for a, dt in zip(cols, _DTYPES, strict=True))
         # the metered rows, as an index: the reorder window's watermark and the late-packet
         # clamp are defined on metered packets only, and the kernel reads through the index
         # (gathering sixteen columns would cost more than metering them)
@@ -922,9 +932,15 @@ def meter_captures(
     stats = run.stats
     all_flows, all_feats, names = [], [], []
     if out is not None:
+        # written next to ``out`` and renamed once complete: an error leaves no partial table
+        out = Path(out)
+        part = out.with_name(f".{out.name}.{os.getpid()}.part")
         try:
-            return _stream_captures(paths, run, Path(out))
+            result = _stream_captures(paths, run, part)
+            os.replace(part, out)
+            return result
         finally:
+            part.unlink(missing_ok=True)
             if bar is not None:
                 bar.close()
     late = 0
@@ -954,10 +970,7 @@ def meter_captures(
         feats = {k: np.concatenate([f[k] for f in all_feats]) for k in all_feats[0]}
     del all_flows, all_feats
     table = build_table(flows, feats, names, config, inventory)
-    result = FlowResult(table=table, stats=stats, late_packets=late)
-    if out is not None:
-        result.to_parquet(out)
-    return result
+    return FlowResult(table=table, stats=stats, late_packets=late)
 
 
 @dataclass
@@ -1026,13 +1039,34 @@ class _BackgroundWriter:
         if self._error is not None:
             raise self._error
 
+    def abort(self) -> None:
+        """Stop after an error elsewhere: drop what is queued, close quietly (the file is left
+        incomplete for the caller to remove; the error being handled is not masked)."""
+        import queue
 
-def _meter_streaming(path: Path, run: _Run, out: Path, row_group: int | None = None) -> FlowResult:
+        self._error = self._error or RuntimeError("aborted")
+        while True:  # unblock the thread and let it skip the rest
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                break
+        self._q.put(None)
+        self._thread.join()
+        with contextlib.suppress(Exception):  # the original error is the one to report
+            self._writer.close()
+
+
+def _meter_streaming(
+    path: Path, run: _Run, out: Path, row_group: int | None = None, start_ns: bool = False
+) -> FlowResult:
     """One capture to a Parquet file, row groups of at most ``row_group`` rows (default
-    ``ROW_GROUP``) as blocks of flows become final."""
+    ``ROW_GROUP``) as blocks of flows become final. ``start_ns``: add the exact start
+    (int64 ns) as a last column, for ``_merge_runs``."""
     row_group = row_group or ROW_GROUP
     config, inventory = run.config, run.inventory
     schema = flow_schema(config.n_packets)
+    if start_ns:
+        schema = schema.append(pa.field(START_NS, pa.int64(), nullable=False))
     out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     writer = _BackgroundWriter(out, schema)
@@ -1045,8 +1079,11 @@ def _meter_streaming(path: Path, run: _Run, out: Path, row_group: int | None = N
             idx = order[lo : lo + row_group]
             part = {k: v[idx] for k, v in flows.items()}
             part["file"] = np.zeros(len(idx), np.int64)
+            exact = part["start"].copy()  # build_table consumes the dict
             part_feats = {k: v[idx] for k, v in feats.items()}
             table = build_table(part, part_feats, [path.name], config, inventory, written)
+            if start_ns:
+                table = table.append_column(schema.field(START_NS), _arrow(exact, pa.int64()))
             if table.num_rows or not written:
                 writer.put(table)
             written += table.num_rows
@@ -1061,10 +1098,16 @@ def _meter_streaming(path: Path, run: _Run, out: Path, row_group: int | None = N
         batch = None
         for block in meter.finish_blocks(STREAM_ROWS):
             write(*block)
-    finally:
+    except BaseException:
         meter.close()
-        writer.close()
+        writer.abort()  # the file is incomplete: the caller removes it
+        raise
+    meter.close()
+    writer.close()
     return FlowResult(table=None, stats=run.stats, late_packets=meter.late, rows=written)
+
+
+START_NS = "__start_ns"  # the exact start in run files (the table's start is float seconds)
 
 
 def _stream_captures(paths: list[Path], run: _Run, out: Path) -> FlowResult:
@@ -1079,7 +1122,7 @@ def _stream_captures(paths: list[Path], run: _Run, out: Path) -> FlowResult:
     late = 0
     try:
         for path, part in zip(paths, runs, strict=True):
-            res = _meter_streaming(path, run, part, row_group=min(ROW_GROUP, share))
+            res = _meter_streaming(path, run, part, row_group=min(ROW_GROUP, share), start_ns=True)
             late += res.late_packets
             _trim_heap()
         rows = _merge_runs(runs, out, schema, share)
@@ -1106,52 +1149,56 @@ MERGE_ROWS = 16_384  # rows buffered over all runs while merging (about 8 MB)
 MERGE_MIN_BATCH = 1024  # ... but at least this many per run
 
 
-def _merge_runs(runs: list[Path], out: Path, schema: pa.Schema, batch: int) -> int:
-    """Merge per-capture tables sorted by start into ``out``: (start, capture order) order.
+def _merge_runs(runs: list[Path], out: Path, schema: pa.Schema, rows: int) -> int:
+    """Merge per-capture run files sorted by start into ``out``, in the in-memory table's order:
+    (exact start, capture order, order within the capture).
 
-    Each run is read a batch at a time. The rows that start before the smallest "last start
+    Each run is read ``rows`` at a time. The rows that start before the smallest "last start
     buffered" of the runs still being read can no longer be preceded by anything unread: they
     are sorted (stably, so each run keeps its own order and ties go to the earlier capture) and
-    written, numbered on from the previous block.
+    written, numbered on from the previous block, without the runs' exact-start column.
     """
     import pyarrow.parquet as pq
 
     files = [pq.ParquetFile(r) for r in runs]
-    iters = [f.iter_batches(batch_size=batch) for f in files]
+    run_schema = files[0].schema_arrow
+    iters = [f.iter_batches(batch_size=rows) for f in files]
     bufs: list[list[pa.RecordBatch]] = [[] for _ in runs]
-    starts = [np.zeros(0, np.float64) for _ in runs]  # the buffered rows' starts
+    starts = [np.zeros(0, np.int64) for _ in runs]  # the buffered rows' exact starts
     live = [True] * len(runs)
 
     def pull(i: int) -> None:
-        batch = next(iters[i], None)
-        if batch is None:
+        got = next(iters[i], None)
+        if got is None:
             live[i] = False
             return
-        bufs[i].append(batch)
-        starts[i] = np.concatenate([starts[i], _numpy(batch.column("start"), np.float64)])
+        bufs[i].append(got)
+        starts[i] = np.concatenate([starts[i], _numpy(got.column(START_NS), np.int64)])
 
     for i in range(len(runs)):
         pull(i)
     written = 0
     fid = schema.get_field_index("flow_id")
+    floor = np.iinfo(np.int64).min
     writer = _BackgroundWriter(out, schema)
     try:
         while True:
             open_runs = [i for i in range(len(runs)) if live[i]]
-            lasts = {i: starts[i][-1] if len(starts[i]) else -np.inf for i in open_runs}
-            bound = min(lasts.values(), default=np.inf)
-            parts, owner = [], []
+            lasts = {i: int(starts[i][-1]) if len(starts[i]) else floor for i in open_runs}
+            bound = min(lasts.values()) if open_runs else None
+            parts, owner, exact = [], [], []
             for i in range(len(runs)):
-                k = int(np.searchsorted(starts[i], bound, "left"))
+                k = len(starts[i]) if bound is None else int(np.searchsorted(starts[i], bound))
                 if k:
-                    buf = pa.Table.from_batches(bufs[i], schema=schema)
-                    parts.append(buf.slice(0, k))
+                    buf = pa.Table.from_batches(bufs[i], schema=run_schema)
+                    parts.append(buf.slice(0, k).select(schema.names))
                     owner.append(np.full(k, i, np.int64))
+                    exact.append(starts[i][:k])
                     bufs[i] = buf.slice(k).to_batches()
                     starts[i] = starts[i][k:]
             if parts:
                 block = pa.concat_tables(parts)
-                order = np.lexsort((np.concatenate(owner), _numpy(block["start"], np.float64)))
+                order = np.lexsort((np.concatenate(owner), np.concatenate(exact)))
                 for lo in range(0, len(order), ROW_GROUP):
                     part = block.take(_arrow(order[lo : lo + ROW_GROUP], pa.int64()))
                     ids = np.arange(written, written + part.num_rows, dtype=np.int64)
@@ -1165,6 +1212,11 @@ def _merge_runs(runs: list[Path], out: Path, schema: pa.Schema, batch: int) -> i
             pull(min(open_runs, key=lambda i: lasts[i]))
         if written == 0:
             writer.put(schema.empty_table())
+    except BaseException:
+        writer.abort()
+        raise
     finally:
-        writer.close()
+        for f in files:
+            f.close()
+    writer.close()
     return written
