@@ -18,7 +18,6 @@ import hashlib
 import importlib
 import importlib.util
 import os
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -104,10 +103,3 @@ def use_aot(namespace: dict[str, Any], exports: tuple[str, ...]) -> None:
 def kind() -> str:
     """'aot' or 'jit': what this process runs."""
     return "aot" if AOT is not None else "jit"
-
-
-def jit_functions(module: ModuleType, exports: tuple[str, ...]) -> dict[str, Callable]:
-    """The numba dispatchers of a kernel module (JIT mode only; for the build and tests)."""
-    if AOT is not None:
-        raise RuntimeError("kernels are ahead-of-time compiled in this process")
-    return {name: getattr(module, name) for name in exports}

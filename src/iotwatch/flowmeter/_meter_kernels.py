@@ -40,7 +40,7 @@ _F_FA, _F_FB, _F_RST = 1, 2, 4
 M_INIT_A, M_USED = 8, 16
 M_IPVER_SHIFT, M_REASON_SHIFT, M_VLAN_SHIFT = 8, 16, 32
 
-# the packet columns meter_run reads, in this order (meter._COLS)
+# the packet columns meter_run reads, in this order (dtypes: meter._DTYPES)
 COLUMNS = ("ts", "size", "ipver", "proto", "shi", "slo", "dhi", "dlo", "sport", "dport", "flags",
            "vlan", "smac", "dmac", "frag", "seq")  # fmt: skip
 (C_TS, C_SIZE, C_IPVER, C_PROTO, C_SHI, C_SLO, C_DHI, C_DLO, C_SPORT, C_DPORT, C_FLAGS, C_VLAN,
@@ -64,6 +64,12 @@ def _mix(h: np.uint64) -> np.uint64:
     h = h ^ (h >> np.uint64(27))
     h = h * _M2
     return h ^ (h >> np.uint64(31))
+
+
+@njit(cache=True, nogil=True)
+def _past(elapsed: int, timeout: int, incl: bool) -> bool:
+    """A timeout has fired after ``elapsed`` ns: ``>`` by default, ``>=`` when inclusive."""
+    return elapsed >= timeout if incl else elapsed > timeout
 
 
 @njit(cache=True, nogil=True)
@@ -136,9 +142,11 @@ def _emit(
     ou: np.ndarray,
     oi: np.ndarray,
     of: np.ndarray,
+    free: np.ndarray,
     st: np.ndarray,
 ) -> None:
-    """Copy flow ``f`` to the output buffer (close beats any other reason) and free its slot."""
+    """Copy flow ``f`` to the output buffer (close beats any other reason) and push its slot on
+    the free stack (``free[:S_FREE]``, top last)."""
     k = st[S_OUT]
     # element loops, not slice assignment: same speed, and a fraction of the compile time
     for j in range(NU):
@@ -153,9 +161,8 @@ def _emit(
     oi[k, I_MISC] = (misc & ~np.int64(0xFF << M_REASON_SHIFT)) | (np.int64(why) << M_REASON_SHIFT)
     st[S_OUT] = k + 1
     pi[f, I_MISC] = misc & ~np.int64(M_USED)
+    free[st[S_FREE]] = f
     st[S_FREE] += 1
-    # the free stack is stored after the pool's slot numbers: free[0:S_FREE] are free slots
-    return
 
 
 @njit(cache=True, nogil=True)
@@ -276,16 +283,15 @@ def meter_run(
             gap = t - pi[f, I_TL]
             age = t - pi[f, I_T0]
             cut = -1
-            if (gap >= idle) if incl else (gap > idle):
+            if _past(gap, idle, incl):
                 cut = IDLE
-            elif (age >= active) if incl else (age > active):
+            elif _past(age, active, incl):
                 cut = ACTIVE
             elif close_ends and syn and not ack and _closed(pi[f, I_MISC]):
                 cut = CLOSE  # a pure SYN after FIN both ways / RST: a new connection
             if cut >= 0:
                 _ht_delete(ht, pu, f)
-                _emit(f, cut, pu, pi, pf, ou, oi, of, st)
-                free[st[S_FREE] - 1] = f
+                _emit(f, cut, pu, pi, pf, ou, oi, of, free, st)
                 f = -1
         vl = np.int64(vl32)
         if f < 0:
@@ -347,7 +353,6 @@ def expire(
     now: int,
     idle: int,
     incl: bool,
-    everything: bool,
     used_upto: int,
     ht: np.ndarray,
     pu: np.ndarray,
@@ -359,28 +364,20 @@ def expire(
     oi: np.ndarray,
     of: np.ndarray,
 ) -> int:
-    """Emit the flows idle at ``now`` (all open flows when ``everything``); return the slot reached.
+    """Emit the flows idle at ``now``; return the slot reached (less than ``used_upto`` when the
+    output buffer is full).
 
     Sweeping keeps the pool to the flows active within the idle timeout; the result is the same
     as finding the gap when the flow's next packet comes (or at the end of the capture).
     """
     out_cap = oi.shape[0]
     for f in range(used_upto):
-        if (pi[f, I_MISC] & M_USED) == 0:
-            continue
-        quiet = now - pi[f, I_TL]
-        is_idle = (quiet >= idle) if incl else (quiet > idle)
-        if not (is_idle or everything):
+        if (pi[f, I_MISC] & M_USED) == 0 or not _past(now - pi[f, I_TL], idle, incl):
             continue
         if st[S_OUT] >= out_cap:
             return f
-        if not everything:
-            _ht_delete(ht, pu, f)
-        _emit(f, IDLE if is_idle else EOC, pu, pi, pf, ou, oi, of, st)
-        free[st[S_FREE] - 1] = f
-    if everything:
-        for j in range(ht.shape[0]):
-            ht[j] = -1
+        _ht_delete(ht, pu, f)
+        _emit(f, IDLE, pu, pi, pf, ou, oi, of, free, st)
     return used_upto
 
 
@@ -401,18 +398,16 @@ def emit_slots(
     oi: np.ndarray,
     of: np.ndarray,
 ) -> int:
-    """End the open flows ``slots[begin:]`` in that order, as ``expire`` does at the end of the
-    capture (idle at ``now``, else end of capture); return the index reached (less than the
+    """End the open flows ``slots[begin:]`` in that order at the end of the capture (idle at
+    ``now``, else end of capture); return the index reached (less than the
     length when the output buffer is full). The hash table is left alone: no packet follows."""
     out_cap = oi.shape[0]
     for k in range(begin, slots.shape[0]):
         if st[S_OUT] >= out_cap:
             return k
         f = slots[k]
-        quiet = now - pi[f, I_TL]
-        is_idle = (quiet >= idle) if incl else (quiet > idle)
-        _emit(f, IDLE if is_idle else EOC, pu, pi, pf, ou, oi, of, st)
-        free[st[S_FREE] - 1] = f
+        why = IDLE if _past(now - pi[f, I_TL], idle, incl) else EOC
+        _emit(f, why, pu, pi, pf, ou, oi, of, free, st)
     return slots.shape[0]
 
 

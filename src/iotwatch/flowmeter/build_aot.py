@@ -44,7 +44,7 @@ def signatures() -> dict[str, tuple[str, Any]]:
         "meter_run": ("_meter_kernels", i64(
             T.Tuple(columns), T.Tuple(columns), i64, a(i64), i64, i64, a(b1), a(i64), i64,
             *pool)),
-        "expire": ("_meter_kernels", i64(i64, i64, b1, b1, i64, *pool)),
+        "expire": ("_meter_kernels", i64(i64, i64, b1, i64, *pool)),
         "emit_slots": ("_meter_kernels", i64(a(i64), i64, i64, i64, b1, *pool)),
         "rehash": ("_meter_kernels", T.none(a(i64), a(u64, 2), a(i64, 2), i64)),
         "format_ips": ("_meter_kernels", T.Tuple((a(i32), a(u8)))(a(u64), a(u64))),

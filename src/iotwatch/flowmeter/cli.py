@@ -55,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
             config = dataclasses.replace(config, **changes)
         except ValueError as exc:
             raise InputError(str(exc)) from None
-    if args.threads is not None and not 1 <= args.threads <= 64:
-        raise InputError(f"--threads must be 1 to 64, not {args.threads}")
     inventory = None
     if args.inventory is not None:
         from iotwatch.inventory import read_inventory_csv

@@ -82,9 +82,13 @@ class _Pool:
         return (self.ht, self.pu, self.pi, self.pf, self.free, self.st, self.ou, self.oi,
                 self.of)  # fmt: skip
 
+    def used_slots(self) -> np.ndarray:
+        """The slots of the open flows."""
+        return np.flatnonzero((self.pi[:, K.I_MISC] & K.M_USED) != 0)
+
     def earliest_open_start(self) -> int | None:
-        used = (self.pi[:, K.I_MISC] & K.M_USED) != 0
-        return int(self.pi[used, K.I_T0].min()) if used.any() else None
+        used = self.used_slots()
+        return int(self.pi[used, K.I_T0].min()) if len(used) else None
 
     def release(self) -> None:
         self.pu = self.pi = self.pf = self.ht = self.free = None  # type: ignore[assignment]
@@ -196,29 +200,25 @@ class FlowMeter:
             self._drain(pool)
         if pool.st[K.S_FREE] == 0:
             cap = len(pool.pi)
-            self._expire(everything=False, now=int(pool.st[K.S_NOW]), pools=[pool])
+            self._expire(now=int(pool.st[K.S_NOW]), pools=[pool])
             if pool.st[K.S_FREE] < max(1, cap // 4):
                 pool.alloc(2 * cap, grow=True)
 
-    def _expire(
-        self, everything: bool, now: int | None = None, pools: list[_Pool] | None = None
-    ) -> None:
-        """Emit flows idle at ``now`` (default: the processed time), or all open flows at the
-        end; close/idle/end_of_capture reasons."""
+    def _expire(self, now: int | None = None, pools: list[_Pool] | None = None) -> None:
+        """Emit the flows idle at ``now`` (default: the processed time)."""
         if now is None:
             now = self.done_ts if self.done_ts is not None else 0
         for pool in self.pools if pools is None else pools:
             f, cap = 0, len(pool.pi)
             while True:
-                f = K.expire(now, self.idle, self.cfg.timeout_inclusive, everything, cap,
-                             *pool.state)  # fmt: skip
+                f = K.expire(now, self.idle, self.cfg.timeout_inclusive, cap, *pool.state)
                 if f >= cap:
                     break
                 self._drain(pool)  # the output buffer was full: empty it and sweep again
 
     # -- ingress ----------------------------------------------------------------------------
     def _prepare(self, b: PacketBatch) -> tuple[tuple[np.ndarray, ...], np.ndarray | None]:
-        """The columns the kernel reads (``_COLS`` order) and the metered rows (None: all)."""
+        """The columns the kernel reads (``K.COLUMNS``) and the metered rows (None: all)."""
         n_all = len(b)
         seq = np.arange(self.seq, self.seq + n_all, dtype=np.int64)
         self.seq += n_all
@@ -297,7 +297,7 @@ class FlowMeter:
     def _sweep_if(self, processed: bool) -> None:
         """After a chunk was metered, emit the flows idle since: the pool keeps only live flows."""
         if processed:
-            self._expire(everything=False)
+            self._expire()
 
     def final_flows(
         self, min_rows: int
@@ -322,18 +322,13 @@ class FlowMeter:
 
     def finish(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Flush the reorder buffer and the open flows; return (flows, features) in a/b order."""
-        if self.pending and len(self.pending[0]):
-            pend, self.pending = self.pending, ()
-            self._run(pend, 0, len(pend[0]))
-        self._expire(everything=True)
-        self._drain()
-        self.close()
-        return self.done.result()
+        return next(self.finish_blocks(None))
 
     def finish_blocks(
-        self, rows: int
+        self, rows: int | None
     ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-        """``finish`` in blocks of about ``rows`` flows that follow each other in table order.
+        """``finish`` in blocks of about ``rows`` flows (None: one block of all of them) that
+        follow each other in table order.
 
         The open flows are ended ``rows`` at a time in start order, each block with the finished
         flows that start before the next block's first open flow: memory never holds a copy of
@@ -346,7 +341,7 @@ class FlowMeter:
         now = self.done_ts if self.done_ts is not None else 0
         t0, seq, which, slot = [], [], [], []
         for i, pool in enumerate(self.pools):
-            used = np.flatnonzero((pool.pi[:, K.I_MISC] & K.M_USED) != 0)
+            used = pool.used_slots()
             t0.append(pool.pi[used, K.I_T0])
             seq.append(pool.pi[used, K.I_SEQ0])
             which.append(np.full(len(used), i, np.int64))
@@ -355,7 +350,7 @@ class FlowMeter:
         order = np.lexsort((np.concatenate(seq), t0s))
         which_o, slot_o = np.concatenate(which)[order], np.concatenate(slot)[order]
         t0s = t0s[order]
-        rows = max(1, rows)
+        rows = max(1, len(order) if rows is None else rows)
         for lo in range(0, max(len(order), 1), rows):
             hi = min(lo + rows, len(order))
             for i, pool in enumerate(self.pools):
@@ -382,9 +377,7 @@ class FlowMeter:
             self._executor = None
 
 
-# Kernel input columns and their dtypes (the PacketBatch contract's; asarray copies nothing).
-_COLS = ("ts", "size", "ipver", "proto", "shi", "slo", "dhi", "dlo", "sport", "dport", "flags",
-         "vlan", "smac", "dmac", "frag", "seq")  # fmt: skip
+# The dtypes of the kernel's input columns, in ``K.COLUMNS`` order (the PacketBatch contract's).
 _DTYPES = (np.int64, np.int64, np.uint8, np.uint8, np.uint64, np.uint64, np.uint64, np.uint64,
            np.uint16, np.uint16, np.uint8, np.int32, np.uint64, np.uint64, np.bool_, np.int64)  # fmt: skip
 
@@ -395,7 +388,7 @@ _NO_ROWS = tuple(np.zeros(0, dt) for dt in _DTYPES)  # no held-back rows
 
 def feature_resolution(active_ns: int) -> int:
     """ns per unit of the first-N times stored in the pool: 1 (exact) while a flow's span, at
-    most the active timeout, fits the packed field (2**43 ns, 2.4 h); coarser beyond (5 ns for
+    most the active timeout, fits the packed field (2**43 ns, 2.4 h); coarser beyond (10 ns for
     a day), so any active timeout works."""
     limit = 1 << K.FEATURE_TIME_BITS
     return max(1, -(-(max(active_ns, 0) + 1) // limit))
@@ -421,7 +414,7 @@ def _take_rows(
     """Rows of the virtual concatenation ``pend + c`` (``rows`` index it), as new columns."""
     npend = len(pend[0]) if pend else 0
     if not npend:
-        return tuple(x[rows] for x in c)
+        return _gather(c, rows)
     mine = rows < npend
     out = []
     for p, x in zip(pend, c, strict=True):
@@ -1069,6 +1062,7 @@ def _meter_streaming(
         schema = schema.append(pa.field(START_NS, pa.int64(), nullable=False))
     out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
+    meter = FlowMeter(config, run.threads)  # first: a bad setting raises before a file is open
     writer = _BackgroundWriter(out, schema)
 
     def write(flows: dict[str, np.ndarray], feats: dict[str, np.ndarray]) -> None:
@@ -1088,7 +1082,6 @@ def _meter_streaming(
                 writer.put(table)
             written += table.num_rows
 
-    meter = FlowMeter(config, run.threads)
     try:
         for batch in run.batches(path):
             meter.feed(batch)
