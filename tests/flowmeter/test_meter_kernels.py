@@ -41,16 +41,34 @@ def _batch(rnd: random.Random, n: int, t0: int = 1_700_000_000 * NS) -> PacketBa
         cols["fl"].append(rnd.choice([0x10, 0x02, 0x12, 0x11, 0x04, 0x18]))
         cols["ln"].append(rnd.randrange(40, 1500))
         cols["vl"].append(rnd.choice([-1, -1, 3]))
+    return _make_batch(ts, cols["sh"], cols["sl"], cols["dh"], cols["dl"], cols["sp"], cols["dp"],
+                       cols["pr"], cols["fl"], cols["ln"], cols["vl"])  # fmt: skip
+
+
+def _make_batch(
+    ts: Any,
+    sh: Any,
+    sl: Any,
+    dh: Any,
+    dl: Any,
+    sp: Any,
+    dp: Any,
+    pr: Any,
+    fl: Any,
+    ln: Any,
+    vl: Any,
+) -> PacketBatch:
+    """A PacketBatch of these per-packet values (MACs 2 -> 3, no fragments, one interface)."""
     m = len(ts)
-    u64 = lambda k: np.asarray(cols[k], np.uint64)  # noqa: E731
-    ln = np.asarray(cols["ln"], np.int64)
+    u64 = lambda v: np.asarray(v, np.uint64)  # noqa: E731
+    ln = np.asarray(ln, np.int64)
     return PacketBatch(
         ts_ns=np.asarray(ts, np.int64), frame_len=ln + 14, cap_len=ln + 14, ip_len=ln,
-        payload_len=ln - 40, ip_version=np.where(u64("sh") > 0, 6, 4).astype(np.uint8),
-        proto=np.asarray(cols["pr"], np.uint8), src_ip_hi=u64("sh"), src_ip_lo=u64("sl"),
-        dst_ip_hi=u64("dh"), dst_ip_lo=u64("dl"), sport=np.asarray(cols["sp"], np.uint16),
-        dport=np.asarray(cols["dp"], np.uint16), tcp_flags=np.asarray(cols["fl"], np.uint8),
-        vlan=np.asarray(cols["vl"], np.int32), src_mac=np.full(m, 2, np.uint64),
+        payload_len=ln - 40, ip_version=np.where(u64(sh) > 0, 6, 4).astype(np.uint8),
+        proto=np.asarray(pr, np.uint8), src_ip_hi=u64(sh), src_ip_lo=u64(sl),
+        dst_ip_hi=u64(dh), dst_ip_lo=u64(dl), sport=np.asarray(sp, np.uint16),
+        dport=np.asarray(dp, np.uint16), tcp_flags=np.asarray(fl, np.uint8),
+        vlan=np.asarray(vl, np.int32), src_mac=np.full(m, 2, np.uint64),
         dst_mac=np.full(m, 3, np.uint64), fragment=np.zeros(m, bool),
         iface=np.zeros(m, np.int32), file_index=np.zeros(m, np.int32),
         offset=np.arange(m, dtype=np.int64),
@@ -330,23 +348,10 @@ def test_packed_features_resolution_and_saturation(tmp_path: Path) -> None:
 def _rows_batch(rows: list[tuple[int, int, int, int, int]]) -> PacketBatch:
     """A batch of IPv4 TCP ACKs from rows (ts_ns, src, dst, sport, dport)."""
     m = len(rows)
-    mapped = 0xFFFF << 32
-
-    def col(i: int, dt: type, add: int = 0) -> np.ndarray:
-        return np.array([r[i] | add for r in rows], dt)
-
-    ln = np.full(m, 60, np.int64)
-    return PacketBatch(
-        ts_ns=col(0, np.int64), frame_len=ln + 14, cap_len=ln + 14, ip_len=ln,
-        payload_len=ln - 40, ip_version=np.full(m, 4, np.uint8), proto=np.full(m, 6, np.uint8),
-        src_ip_hi=np.zeros(m, np.uint64), src_ip_lo=col(1, np.uint64, mapped),
-        dst_ip_hi=np.zeros(m, np.uint64), dst_ip_lo=col(2, np.uint64, mapped),
-        sport=col(3, np.uint16), dport=col(4, np.uint16), tcp_flags=np.full(m, 0x10, np.uint8),
-        vlan=np.full(m, -1, np.int32), src_mac=np.full(m, 2, np.uint64),
-        dst_mac=np.full(m, 3, np.uint64), fragment=np.zeros(m, bool),
-        iface=np.zeros(m, np.int32), file_index=np.zeros(m, np.int32),
-        offset=np.arange(m, dtype=np.int64),
-    )  # fmt: skip
+    ts, src, dst, sport, dport = (np.array(col, np.int64) for col in zip(*rows, strict=True))
+    z = np.zeros(m)
+    return _make_batch(ts, z, MAPPED | src, z, MAPPED | dst, sport, dport, np.full(m, 6),
+                       np.full(m, 0x10), np.full(m, 60), np.full(m, -1))  # fmt: skip
 
 
 def _reader_of(data: dict[str, list[PacketBatch]], fail_after: int | None = None) -> Any:
