@@ -3,8 +3,9 @@
 Each model is a Pipeline ([log1p] -> [StandardScaler] -> estimator); all hyperparameters come
 from conf/classify/*.yaml. With ``optuna.enabled`` every model that has a search space is tuned
 by cross-validated accuracy on TRAIN only (each trial a nested MLflow run), then refit on all
-of train. The best model by test accuracy is saved with skops (never pickle) together with its
-label names and feature columns; ``load_classifier`` reloads it trusting only an allow-list.
+of train. Every model is scored on validation, test and the held-out devices (the device
+split). The best model by VALIDATION accuracy (test is only reported) is saved with skops
+(never pickle) together with its label names and feature columns; ``load_classifier`` reloads it trusting only an allow-list.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from iotwatch.context import StageContext
     from iotwatch.tracking import StageRun
 
 log = logging.getLogger(__name__)
@@ -257,51 +259,120 @@ def tune(
     return best, stats
 
 
-def load_split(paths: PathsConfig) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Read train/test feature tables and check they share their feature columns."""
+@dataclass
+class Splits:
+    """The feature tables of the features stage: train, validation, test, held-out devices."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    devices: pd.DataFrame
+    columns: list[str]
+
+    def evaluated(self) -> dict[str, pd.DataFrame]:
+        """Splits every model is scored on (non-empty ones; ``devices`` may be empty)."""
+        out = {"validation": self.validation, "test": self.test}
+        if len(self.devices):
+            out["devices"] = self.devices
+        return out
+
+
+def load_split(paths: PathsConfig) -> Splits:
+    """Read the feature tables and check they share their feature columns."""
     from iotwatch.features import LABEL, model_columns, read_table
 
-    train = read_table(paths.features_train, "train feature table")
-    test = read_table(paths.features_test, "test feature table")
-    cols = model_columns(train)
-    if cols != model_columns(test):
-        raise InputError(
-            f"{paths.features_test}: feature columns differ from {paths.features_train}"
-        )
-    for path, t in ((paths.features_train, train), (paths.features_test, test)):
+    tables = {
+        "train": (paths.features_train, read_table(paths.features_train, "train feature table")),
+        "validation": (
+            paths.features_validation,
+            read_table(paths.features_validation, "validation feature table"),
+        ),
+        "test": (paths.features_test, read_table(paths.features_test, "test feature table")),
+        "devices": (
+            paths.features_devices,
+            read_table(paths.features_devices, "held-out device feature table"),
+        ),
+    }
+    cols = model_columns(tables["train"][1])
+    for split_name, (path, t) in tables.items():
+        if model_columns(t) != cols:
+            raise InputError(f"{path}: feature columns differ from {paths.features_train}")
         if LABEL not in t.columns:
             raise InputError(f"{path}: no '{LABEL}' column (written by the features stage?)")
-        if len(t) == 0:
-            raise InputError(f"{path}: empty feature table")
-    return train, test, cols
+        if len(t) == 0 and split_name != "devices":
+            raise InputError(f"{path}: empty {split_name} feature table")
+    return Splits(*(t for _, t in tables.values()), columns=cols)
+
+
+def validate_params(name: str, pipe: Any) -> None:
+    """Check the estimator's parameters with scikit-learn's own validation, before fitting:
+    a bad value from params.yaml is one line naming the key, not a traceback from fit()."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from iotwatch.errors import ConfigError
+
+    est = pipe.named_steps["model"]
+    try:
+        est._validate_params()
+    except InvalidParameterError as exc:
+        msg = str(exc).split("\n")[0]
+        m = re.match(r"The '(\w+)' parameter of \w+ must be (.*)\. Got (.*) instead", msg)
+        if m:
+            key, want, got = m.groups()
+            raise ConfigError(
+                f"classify.models.{name}.params.{key}: {got} is not valid (must be {want})"
+            ) from None
+        raise ConfigError(f"classify.models.{name}.params: {msg}") from None
 
 
 def fit_and_score(
     name: str,
     mcfg: ModelConfig,
     params: dict[str, Any] | None,
-    train: pd.DataFrame,
-    test: pd.DataFrame,
-    cols: list[str],
+    data: Splits,
     labels: list[str],
     seed: int,
-) -> tuple[Any, dict[str, Any], np.ndarray]:
-    """Fit one model on train, score it on test; returns (pipeline, metrics, test predictions)."""
+) -> tuple[Any, dict[str, Any], dict[str, np.ndarray]]:
+    """Fit one model on train, score it on validation, test and the held-out devices.
+
+    Returns (pipeline, {split: metrics} plus fit/predict seconds, {split: predictions}).
+    """
     from iotwatch.features import LABEL
 
     pipe = make_pipeline(name, mcfg, seed, params)
-    y_train = train[LABEL].astype(str).to_numpy()
-    y_test = test[LABEL].astype(str).to_numpy()
+    validate_params(name, pipe)
+    cols = data.columns
+    y_train = data.train[LABEL].astype(str).to_numpy()
     t0 = time.perf_counter()
-    pipe.fit(train[cols], y_train)
-    fit_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    pred = pipe.predict(test[cols])
-    pred_s = time.perf_counter() - t0
-    m = scores(y_test, pred, labels)
-    m["fit_seconds"] = fit_s
-    m["predict_seconds"] = pred_s
-    return pipe, m, pred
+    pipe.fit(data.train[cols], y_train)
+    out: dict[str, Any] = {"fit_seconds": time.perf_counter() - t0}
+    preds: dict[str, np.ndarray] = {}
+    for split, table in data.evaluated().items():
+        t0 = time.perf_counter()
+        preds[split] = pipe.predict(table[cols])
+        out[split] = scores(table[LABEL].astype(str).to_numpy(), preds[split], labels)
+        if split == "test":
+            out["predict_seconds"] = time.perf_counter() - t0
+        if split == "devices":
+            out[split]["per_device"] = per_device_accuracy(table, preds[split])
+    return pipe, out, preds
+
+
+def per_device_accuracy(table: pd.DataFrame, pred: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Accuracy on each held-out device unit (the device split), with its type and flow count."""
+    from iotwatch.features import LABEL, metric_key
+
+    out = {}
+    truth = table[LABEL].astype(str).to_numpy()
+    ids = table["device_id"].astype(str).to_numpy()
+    for dev in sorted(set(ids)):
+        sel = ids == dev
+        out[metric_key(dev)] = {
+            "device_type": str(truth[sel][0]),
+            "flows": int(sel.sum()),
+            "accuracy": float((pred[sel] == truth[sel]).mean()),
+        }
+    return out
 
 
 def save_classifier(bundle: ClassifierBundle, path: Path) -> None:
@@ -370,31 +441,38 @@ def write_confusion_csv(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> N
     pd.DataFrame({"actual": y_true, "predicted": y_pred}).to_csv(path, index=False)
 
 
-def run(cfg: ClassifyConfig, paths: PathsConfig, seed: int, sr: StageRun) -> dict[str, Any]:
-    """Classify stage: fit/score every enabled model, record classify.json, save the best model."""
+def run(cfg: ClassifyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
+    """Classify stage: fit every enabled model on train, score it on validation, test and the
+    held-out devices; the best model BY VALIDATION ACCURACY is saved (test is only reported)."""
     from sklearn.metrics import confusion_matrix
 
     from iotwatch.features import LABEL
     from iotwatch.viz import plot_confusion
 
-    train, test, cols = load_split(paths)
-    labels = sorted(set(train[LABEL].astype(str)) | set(test[LABEL].astype(str)))
+    paths, seed = ctx.paths, ctx.seed
+    data = load_split(paths)
+    train, test, cols = data.train, data.test, data.columns
+    labels = sorted(
+        set(train[LABEL].astype(str))
+        | set(data.validation[LABEL].astype(str))
+        | set(test[LABEL].astype(str))
+    )
     y_test = test[LABEL].astype(str).to_numpy()
     log.info(
-        "classify: %d train / %d test flows, %d features, %d classes",
-        len(train),
-        len(test),
-        len(cols),
-        len(labels),
-    )
+        "classify: %d train / %d validation / %d test / %d held-out-device flows, "
+        "%d features, %d classes",
+        len(train), len(data.validation), len(test), len(data.devices), len(cols), len(labels),
+    )  # fmt: skip
+    # Check every enabled model's parameters before spending time on any fit.
+    enabled = {name: mcfg for name, mcfg in cfg.models.items() if mcfg.enabled}
+    for name, mcfg in enabled.items():
+        validate_params(name, make_pipeline(name, mcfg, seed))
     results: dict[str, Any] = {}
-    fitted: dict[str, tuple[Any, Any]] = {}
+    fitted: dict[str, tuple[Any, dict[str, Any]]] = {}
     # Confusion PNGs go with confusion.csv in plots_dir (the classify stage's DVC out;
     # figures_dir belongs to the tsne stage).
     plots = Path(paths.plots_dir)
-    for name, mcfg in cfg.models.items():
-        if not mcfg.enabled:
-            continue
+    for name, mcfg in enabled.items():
         with sr.child(name, {"model": name}) as msr:
             params = None
             extra: dict[str, Any] = {}
@@ -404,37 +482,43 @@ def run(cfg: ClassifyConfig, paths: PathsConfig, seed: int, sr: StageRun) -> dic
                 params, extra = tune(name, mcfg, cfg.optuna, train[cols], y_train, seed, msr)
                 msr.log_params({"tuned": True})
             log.info("%s: fitting on %d flows", name, len(train))
-            pipe, m, pred = fit_and_score(name, mcfg, params, train, test, cols, labels, seed)
+            pipe, m, preds = fit_and_score(name, mcfg, params, data, labels, seed)
             used = params if params is not None else {"log1p": mcfg.log1p, **mcfg.params}
             msr.log_params({"scale": mcfg.scale, **used})
             if extra:
                 m["optuna"] = extra
             png = plots / f"confusion_{name}.png"
-            cm = confusion_matrix(y_test, pred, labels=labels)
-            plot_confusion(cm, labels, png, f"{name}: accuracy {m['accuracy']:.3f}")
+            cm = confusion_matrix(y_test, preds["test"], labels=labels)
+            plot_confusion(cm, labels, png, f"{name}: test accuracy {m['test']['accuracy']:.3f}")
             msr.log_metrics(m)
             msr.log_artifact(png, "figures")
             log.info(
-                "%s: accuracy %.4f, macro F1 %.4f (fit %.2f s)",
-                name,
-                m["accuracy"],
-                m["f1_macro"],
-                m["fit_seconds"],
-            )
+                "%s: validation accuracy %.4f, test accuracy %.4f, test macro F1 %.4f "
+                "(fit %.2f s)",
+                name, m["validation"]["accuracy"], m["test"]["accuracy"],
+                m["test"]["f1_macro"], m["fit_seconds"],
+            )  # fmt: skip
         results[name] = m
-        fitted[name] = (pipe, pred)
-    # Best by test accuracy; ties keep the config's order (max returns the first maximum).
-    best = max(results, key=lambda n: results[n]["accuracy"])
-    pipe, pred = fitted[best]
-    write_confusion_csv(y_test, pred, Path(paths.plots_dir) / "confusion.csv")
+        fitted[name] = (pipe, preds)
+    # Best by VALIDATION accuracy; ties keep the config's order (max returns the first maximum).
+    best = max(results, key=lambda n: results[n]["validation"]["accuracy"])
+    pipe, preds = fitted[best]
+    write_confusion_csv(y_test, preds["test"], Path(paths.plots_dir) / "confusion.csv")
     save_classifier(ClassifierBundle(pipe, labels, cols, best), Path(paths.classifier))
     log.info(
-        "best model: %s (accuracy %.4f) saved to %s",
-        best,
-        results[best]["accuracy"],
+        "best model on validation: %s (validation accuracy %.4f, test accuracy %.4f) saved to %s",
+        best, results[best]["validation"]["accuracy"], results[best]["test"]["accuracy"],
         paths.classifier,
-    )
-    metrics = {**results, BEST_KEY: {"name": best, "accuracy": results[best]["accuracy"]}}
+    )  # fmt: skip
+    summary = {
+        "name": best,
+        "selected_on": "validation",
+        "validation_accuracy": results[best]["validation"]["accuracy"],
+        "test_accuracy": results[best]["test"]["accuracy"],
+    }
+    if "devices" in results[best]:
+        summary["devices_accuracy"] = results[best]["devices"]["accuracy"]
+    metrics = {**results, BEST_KEY: summary}
     sr.record(metrics)
     sr.set_tags({"best_model": best})
     sr.log_artifact(paths.classifier, "model")

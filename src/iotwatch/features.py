@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from iotwatch.errors import InputError
-from iotwatch.paths import DatasetConfig, PathsConfig
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from iotwatch.context import StageContext
     from iotwatch.tracking import StageRun
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,10 @@ class FeaturesConfig:
     split: Literal["stratified", "time"] = "stratified"
     # Fraction of flows in the test set; with split=time the test set is the latest flows.
     test_size: float = 0.2
+    # Fraction of the non-test flows carved out as validation (model choice, thresholds).
+    validation_size: float = 0.2
+    # Whole device units held out per device type (types with >= 2 units); 0 = none.
+    holdout_devices_per_type: int = 1
     min_flows_per_class: int = 10
     # Slack (s) when matching malicious flows to ground-truth time windows (clock rounding).
     match_tolerance_s: float = 1.0
@@ -54,6 +58,12 @@ class FeaturesConfig:
             raise ValueError(f"n_packets must be >= 2, got {self.n_packets}")
         if not 0.0 < self.test_size < 1.0:
             raise ValueError(f"test_size must be in (0, 1), got {self.test_size}")
+        if not 0.0 < self.validation_size < 1.0:
+            raise ValueError(f"validation_size must be in (0, 1), got {self.validation_size}")
+        if self.holdout_devices_per_type < 0:
+            raise ValueError(
+                f"holdout_devices_per_type must be >= 0, got {self.holdout_devices_per_type}"
+            )
         if self.min_flows_per_class < 2:
             raise ValueError(
                 f"min_flows_per_class must be >= 2 (a class needs train and test flows), "
@@ -168,6 +178,41 @@ def split_time(table: pd.DataFrame, test_size: float) -> tuple[pd.DataFrame, pd.
     train = ordered[times < cutoff]
     test = ordered[times >= cutoff]
     return train.reset_index(drop=True), test.reset_index(drop=True), cutoff
+
+
+def split(
+    table: pd.DataFrame, how: str, size: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame, float | None]:
+    """Carve ``size`` of ``table`` out, stratified at random or the latest flows (``time``).
+
+    The same rule makes test from all flows and validation from the rest, so validation looks
+    like test. Returns (kept, carved, time cutoff or None).
+    """
+    if how == "stratified":
+        kept, carved = split_stratified(table, size, seed)
+        return kept, carved, None
+    return split_time(table, size)
+
+
+def hold_out_devices(
+    table: pd.DataFrame, per_type: int, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold whole device units out (the device split): per class with >= 2 units (device_id),
+    ``per_type`` units (at most all but one) chosen with ``seed``. Returns (rest, held out)."""
+    import numpy as np
+
+    if per_type <= 0 or table.empty:
+        return table, table.iloc[0:0].reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    held: list[str] = []
+    for _, group in sorted(table.groupby(LABEL, observed=True), key=lambda kv: str(kv[0])):
+        units = sorted(set(group["device_id"].astype(str)))
+        if len(units) < 2:
+            continue
+        k = min(per_type, len(units) - 1)
+        held += [units[i] for i in sorted(rng.choice(len(units), size=k, replace=False))]
+    mask = table["device_id"].astype(str).isin(held).to_numpy()
+    return table[~mask].reset_index(drop=True), table[mask].reset_index(drop=True)
 
 
 def _norm_proto(values: pd.Series) -> pd.Series:
@@ -337,10 +382,10 @@ def _counts(table: pd.DataFrame) -> dict[str, int]:
     return {metric_key(k): int(v) for k, v in table[LABEL].value_counts().sort_index().items()}
 
 
-def run(
-    cfg: FeaturesConfig, paths: PathsConfig, dataset: DatasetConfig, seed: int, sr: StageRun
-) -> dict[str, Any]:
-    """Features stage: flows -> train/test/malicious feature tables; records the class counts."""
+def run(cfg: FeaturesConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
+    """Features stage: flows -> train/validation/test, held-out devices and malicious feature
+    tables; records the class counts of each."""
+    paths, dataset, seed = ctx.paths, ctx.dataset, ctx.seed
     flows = read_table(paths.flows, "flow table")
     log.info("read %d flows from %s", len(flows), paths.flows)
     table = build_features(flows, cfg.n_packets, cfg.label, str(paths.flows))
@@ -361,24 +406,43 @@ def run(
         "classes": int(known[LABEL].nunique()),
         "dropped_classes": dropped,
     }
-    if cfg.split == "stratified":
-        train, test = split_stratified(known, cfg.test_size, seed)
-    else:
-        train, test, cutoff = split_time(known, cfg.test_size)
+    known, devices = hold_out_devices(known, cfg.holdout_devices_per_type, seed)
+    if len(devices):
+        held = sorted(set(devices["device_id"].astype(str)))
+        log.info("device split: %d flows of %d held-out unit(s) %s", len(devices), len(held), held)
+    trainval, test, cutoff = split(known, cfg.split, cfg.test_size, seed)
+    train, validation, val_cutoff = split(trainval, cfg.split, cfg.validation_size, seed)
+    if cfg.split == "time":
         metrics["time_cutoff"] = cutoff
-        # A class first seen after the cutoff cannot be learnt: its test flows are dropped.
-        unseen = sorted(set(test[LABEL]) - set(train[LABEL]))
-        if unseen:
-            log.warning("classes only after the time cutoff (dropped from test): %s", unseen)
-            metrics["test_only_dropped"] = {
-                metric_key(c): int((test[LABEL] == c).sum()) for c in unseen
-            }
-            test = test[~test[LABEL].isin(unseen)].reset_index(drop=True)
-    log.info("split=%s: %d train, %d test flows", cfg.split, len(train), len(test))
+        metrics["validation_time_cutoff"] = val_cutoff
+        # A class first seen after a cutoff cannot be learnt: its later flows are dropped.
+        for name, part in (("test", test), ("validation", validation)):
+            unseen = sorted(set(part[LABEL]) - set(train[LABEL]))
+            if unseen:
+                log.warning("classes only after the %s cutoff (dropped): %s", name, unseen)
+                metrics[f"{name}_only_dropped"] = {
+                    metric_key(c): int((part[LABEL] == c).sum()) for c in unseen
+                }
+        test = test[test[LABEL].isin(set(train[LABEL]))].reset_index(drop=True)
+        validation = validation[validation[LABEL].isin(set(train[LABEL]))].reset_index(drop=True)
+    log.info(
+        "split=%s: %d train, %d validation, %d test, %d held-out-device flows",
+        cfg.split, len(train), len(validation), len(test), len(devices),
+    )  # fmt: skip
     metrics["train"] = {"flows": len(train), "per_class": _counts(train)}
+    metrics["validation"] = {"flows": len(validation), "per_class": _counts(validation)}
     metrics["test"] = {"flows": len(test), "per_class": _counts(test)}
+    metrics["devices"] = {
+        "flows": len(devices),
+        "per_device": {
+            metric_key(k): int(v)
+            for k, v in devices["device_id"].astype(str).value_counts().sort_index().items()
+        },
+    }
     _write(train, paths.features_train)
+    _write(validation, paths.features_validation)
     _write(test, paths.features_test)
+    _write(devices, paths.features_devices)
 
     mal_source = Path(paths.flows_malicious)
     if mal_source.is_file():

@@ -14,7 +14,9 @@ class PathsConfig:
     flows: Path = Path("data/interim/flows.parquet")
     flows_malicious: Path = Path("data/interim/flows_malicious.parquet")
     features_train: Path = Path("data/processed/train.parquet")
+    features_validation: Path = Path("data/processed/validation.parquet")
     features_test: Path = Path("data/processed/test.parquet")
+    features_devices: Path = Path("data/processed/devices.parquet")
     features_malicious: Path = Path("data/processed/malicious.parquet")
     metrics_dir: Path = Path("reports/metrics")
     figures_dir: Path = Path("reports/figures")
@@ -29,6 +31,9 @@ class DatasetConfig:
     """Where the captures and their labels are (conf/dataset/*.yaml)."""
 
     name: str = "synthetic"
+    # Stages that generate this dataset (dvc.yaml runs the synth stage once per item): [home]
+    # for the built-in synthetic home, [] for real captures (nothing is generated).
+    generate: list[str] = field(default_factory=list)
     captures: Path = Path("data/raw/synthetic/benign")
     malicious: Path | None = None
     inventory: Path = Path("data/raw/synthetic/inventory.csv")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from iotwatch.paths import PathsConfig
 
 if TYPE_CHECKING:
+    from iotwatch.context import StageContext
     from iotwatch.tracking import StageRun
 
 log = logging.getLogger(__name__)
@@ -63,19 +64,35 @@ def _flat(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def dataset_section(features: dict[str, Any]) -> list[str]:
-    """Markdown lines: flows per class in train/test, dropped classes, malicious flows."""
+    """Markdown lines: flows per class in train/validation/test, held-out devices, dropped
+    classes, malicious flows."""
     lines = ["## Dataset", ""]
-    train = features.get("train", {}).get("per_class", {})
-    test = features.get("test", {}).get("per_class", {})
+    parts = {
+        name: features.get(name, {}).get("per_class", {})
+        for name in ("train", "validation", "test")
+    }
     lines.append(
         f"{features.get('flows_total', '?')} flows, {features.get('flows_known', '?')} of known "
-        f"devices; {features.get('classes', len(train))} device types, "
+        f"devices; {features.get('classes', len(parts['train']))} device types, "
         f"{features.get('n_features', '?')} features per flow."
     )
-    lines += ["", "| device type | train flows | test flows |", "|---|---:|---:|"]
-    for cls in sorted(set(train) | set(test)):
-        lines.append(f"| {cls} | {train.get(cls, 0)} | {test.get(cls, 0)} |")
-    lines.append(f"| **total** | {sum(train.values())} | {sum(test.values())} |")
+    lines += [
+        "",
+        "| device type | train flows | validation flows | test flows |",
+        "|---|---:|---:|---:|",
+    ]
+    for cls in sorted(set().union(*parts.values())):
+        cells = " | ".join(str(parts[n].get(cls, 0)) for n in parts)
+        lines.append(f"| {cls} | {cells} |")
+    totals = " | ".join(str(sum(parts[n].values())) for n in parts)
+    lines.append(f"| **total** | {totals} |")
+    held = (features.get("devices") or {}).get("per_device") or {}
+    if held:
+        lines += [
+            "",
+            "Held out whole (device split): "
+            + ", ".join(f"{k} ({v} flows)" for k, v in held.items()),
+        ]
     dropped = features.get("dropped_classes") or {}
     if dropped:
         lines += [
@@ -97,34 +114,43 @@ def dataset_section(features: dict[str, Any]) -> list[str]:
 
 
 def classifier_section(classify: dict[str, Any], paths: PathsConfig) -> list[str]:
-    """Markdown lines: the model table, the best model's per-class report and confusion matrix."""
+    """Markdown lines: the model table (validation and test), the held-out devices, the best
+    model's per-class report on test and the confusion matrices. Every figure names its split."""
     from iotwatch.classify import BEST_KEY, metrics_table
 
     models = metrics_table(classify)
     lines = [
         "## Device-type recognition",
         "",
-        "| model | accuracy | micro precision | micro recall | micro F1 | macro F1 | fit time (s) |",
+        "Every model is fitted on the train split; the best one is chosen by **validation** "
+        "accuracy, and **test** figures are only reported. *Held-out devices* are whole device "
+        "units never seen in training (the device split).",
+        "",
+        "| model | validation accuracy | test accuracy | test micro F1 | test macro F1 | "
+        "held-out devices accuracy | fit time (s) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in models:
+        val, test, dev = m.get("validation", {}), m.get("test", {}), m.get("devices", {})
         lines.append(
-            f"| {MODEL_NAMES.get(name, name)} | {_fmt(m.get('accuracy'))} | "
-            f"{_fmt(m.get('precision_micro'))} | {_fmt(m.get('recall_micro'))} | "
-            f"{_fmt(m.get('f1_micro'))} | {_fmt(m.get('f1_macro'))} | {_fmt(m.get('fit_seconds'), 2)} |"
+            f"| {MODEL_NAMES.get(name, name)} | {_fmt(val.get('accuracy'))} | "
+            f"{_fmt(test.get('accuracy'))} | {_fmt(test.get('f1_micro'))} | "
+            f"{_fmt(test.get('f1_macro'))} | {_fmt(dev.get('accuracy')) if dev else 'n/a'} | "
+            f"{_fmt(m.get('fit_seconds'), 2)} |"
         )
     best = (classify.get(BEST_KEY) or {}).get("name")
-    if best is None and models:
-        best = max(models, key=lambda nm: nm[1].get("accuracy", 0))[0]
     if best and best in classify:
         lines += [
             "",
-            f"Best model: **{MODEL_NAMES.get(best, best)}** (`{best}`), saved to `{paths.classifier}`.",
+            f"Best model on validation: **{MODEL_NAMES.get(best, best)}** (`{best}`), saved to "
+            f"`{paths.classifier}`.",
             "",
         ]
-        per = classify[best].get("per_class") or {}
+        per = classify[best].get("test", {}).get("per_class") or {}
         if per:
             lines += [
+                "Per device type, test split:",
+                "",
                 "| device type | precision | recall | F1 | support |",
                 "|---|---:|---:|---:|---:|",
             ]
@@ -132,6 +158,20 @@ def classifier_section(classify: dict[str, Any], paths: PathsConfig) -> list[str
                 lines.append(
                     f"| {cls} | {_fmt(r.get('precision'))} | {_fmt(r.get('recall'))} | "
                     f"{_fmt(r.get('f1'))} | {r.get('support', '')} |"
+                )
+        devices = classify[best].get("devices", {}).get("per_device") or {}
+        if devices:
+            lines += [
+                "",
+                "Held-out device units (device split):",
+                "",
+                "| device | device type | flows | accuracy |",
+                "|---|---|---:|---:|",
+            ]
+            for dev, r in devices.items():
+                lines.append(
+                    f"| {dev} | {r.get('device_type', '')} | {r.get('flows', '')} | "
+                    f"{_fmt(r.get('accuracy'))} |"
                 )
     report = Path(paths.report)
     pics = [(n, Path(paths.plots_dir) / f"confusion_{n}.png") for n, _ in models]
@@ -160,7 +200,7 @@ def build_report(paths: PathsConfig, exclude: str = "report") -> tuple[str, dict
     if tsne.is_file():
         t = found.get("tsne", {})
         lines += [
-            "## t-SNE of the test flows",
+            "## t-SNE of the test flows (test split)",
             "",
             f"log1p + standardised features; {t.get('points', '?')} points, "
             f"KL divergence {_fmt(t.get('kl_divergence'), 3)}, "
@@ -175,8 +215,9 @@ def build_report(paths: PathsConfig, exclude: str = "report") -> tuple[str, dict
         lines += classifier_section(found["classify"], paths)
         summary["models"] = len(metrics_table(found["classify"]))
         best = found["classify"].get(BEST_KEY) or {}
-        if "accuracy" in best:
-            summary["best_accuracy"] = best["accuracy"]
+        for key in ("validation_accuracy", "test_accuracy"):
+            if key in best:
+                summary[f"best_{key}"] = best[key]
     others = [k for k in found if k not in ("features", "tsne", "classify")]
     for stage in others:
         lines += [f"## {stage}", "", "| metric | value |", "|---|---:|"]
@@ -188,8 +229,9 @@ def build_report(paths: PathsConfig, exclude: str = "report") -> tuple[str, dict
     return "\n".join(lines).rstrip() + "\n", summary
 
 
-def run_report(paths: PathsConfig, sr: StageRun) -> dict[str, Any]:
+def run(cfg: None, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     """Report stage: writes paths.report (Markdown) and logs it as an MLflow artifact."""
+    paths = ctx.paths
     text, summary = build_report(paths, exclude=sr.stage)
     out = Path(paths.report)
     out.parent.mkdir(parents=True, exist_ok=True)

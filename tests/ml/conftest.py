@@ -26,8 +26,12 @@ def make_flows(
     classes: dict[str, tuple[float, float, float]] | None = None,
     t0: float = 1_700_000_000.0,
     unknown: int = 0,
+    units: int = 1,
 ) -> pd.DataFrame:
-    """A fake flow table of the flow meter's schema; classes drawn from different distributions."""
+    """A fake flow table of the flow meter's schema; classes drawn from different distributions.
+
+    Each class has ``units`` device units (own MAC, IP and name ``<type>-<k>``), flows dealt
+    round-robin."""
     rng = np.random.default_rng(seed)
     classes = classes or CLASSES
     rows = []
@@ -37,6 +41,7 @@ def make_flows(
     ):
         count = unknown if dtype == "" else per_class
         for j in range(count):
+            unit = j % units
             start = t0 + rng.uniform(0, 86400 * 3)
             row = {
                 "capture": f"cap{j % 3}.pcap",
@@ -44,15 +49,15 @@ def make_flows(
                 "proto": 6,
                 "ip_version": 4,
                 "vlan": 0,
-                "dev_mac": f"02:00:00:00:00:{ci:02x}",
-                "dev_ip": f"192.168.1.{10 + ci}",
+                "dev_mac": f"02:00:00:00:{unit:02x}:{ci:02x}",
+                "dev_ip": f"192.168.{1 + unit}.{10 + ci}",
                 "dev_port": int(40000 + j),
                 "peer_mac": "02:00:00:00:ff:ff",
                 "peer_ip": "93.184.216.34",
                 "peer_port": 443,
                 "device_known": dtype != "",
                 "device_type": dtype or None,
-                "device_name": f"{dtype}-1" if dtype else None,
+                "device_name": f"{dtype}-{unit + 1}" if dtype else None,
                 "start": start,
             }
             fid += 1
@@ -79,15 +84,16 @@ def make_flows(
     return df
 
 
-@pytest.fixture
-def paths(tmp_path: Path) -> PathsConfig:
-    """Every pipeline path under a temporary folder."""
+def make_paths(tmp_path: Path) -> PathsConfig:
+    """Every pipeline path under ``tmp_path``."""
     return PathsConfig(
         synth_dir=tmp_path / "raw",
         flows=tmp_path / "interim/flows.parquet",
         flows_malicious=tmp_path / "interim/flows_malicious.parquet",
         features_train=tmp_path / "processed/train.parquet",
+        features_validation=tmp_path / "processed/validation.parquet",
         features_test=tmp_path / "processed/test.parquet",
+        features_devices=tmp_path / "processed/devices.parquet",
         features_malicious=tmp_path / "processed/malicious.parquet",
         metrics_dir=tmp_path / "reports/metrics",
         figures_dir=tmp_path / "reports/figures",
@@ -96,6 +102,23 @@ def paths(tmp_path: Path) -> PathsConfig:
         classifier=tmp_path / "models/classifier.skops",
         report=tmp_path / "reports/report.md",
     )
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> PathsConfig:
+    """Every pipeline path under a temporary folder."""
+    return make_paths(tmp_path)
+
+
+def composed(*overrides: str):  # noqa: ANN201
+    """The real conf/ composed with ``overrides`` (as `iotwatch params` does), typed."""
+    import yaml
+
+    from iotwatch.pipeline.params_cli import compose_params
+    from iotwatch.pipeline.stages import params_from_dict
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    return params_from_dict(yaml.safe_load(compose_params(list(overrides), conf)))
 
 
 @pytest.fixture

@@ -84,10 +84,11 @@ def main(argv: list[str]) -> int:
         metrics: dict[str, Any] = {}
         for name in stages:
             metrics = run_stage(name, params)
-        # A scalar return lets sweepers optimise; the best classifier's accuracy by default.
+        # A scalar return lets sweepers optimise: the best classifier's VALIDATION accuracy
+        # (never a test figure: test is only reported).
         best = metrics.get("best_model") if isinstance(metrics, dict) else None
-        if isinstance(best, dict) and "accuracy" in best:
-            return float(best["accuracy"])
+        if isinstance(best, dict) and "validation_accuracy" in best:
+            return float(best["validation_accuracy"])
         return None
 
     app = hydra.main(config_path=str(conf_dir), config_name="config", version_base="1.3")(task)
