@@ -52,9 +52,14 @@ def test_no_hydra_or_env_interpolations_in_conf() -> None:
         assert "${hydra:" not in text and "${oc.env:" not in text, path
 
 
+def _dvc_stages() -> dict[str, dict]:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    return {name: st.get("do", st) for name, st in stages.items()}
+
+
 def test_dvc_yaml_matches_stage_runner() -> None:
-    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
-    assert list(dvc["stages"]) == list(STAGES)
+    dvc = _dvc_stages()
+    assert list(dvc) == list(STAGES)
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     path_keys = set(PathsConfig.__dataclass_fields__)
     text = (REPO / "dvc.yaml").read_text(encoding="utf-8")
@@ -64,7 +69,7 @@ def test_dvc_yaml_matches_stage_runner() -> None:
         if head == "paths":
             assert key in path_keys, ref
         assert key in params[head], ref
-    for name, stage in dvc["stages"].items():
+    for name, stage in dvc.items():
         assert stage["cmd"] == f"iotwatch stage {name}"
         for p in stage.get("params", []):
             top = p.split(".")[0]
@@ -80,13 +85,13 @@ def _copy_repo(dst: Path) -> None:
     ).stdout.decode().split("\0")  # fmt: skip
     for rel in filter(None, files):
         src = REPO / rel
-        if src.is_file():
+        if src.is_file() and not rel.startswith(("data/", "models/", "reports/", "dvc.lock")):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
 
 
-def _run(cmd: list[str], cwd: Path) -> str:
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {}))
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
@@ -94,70 +99,153 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 
 def _ran(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([a-z]+)'", output))
+    return {s.split("@")[0] for s in re.findall(r"Running stage '([a-z@]+)'", output)}
+
+
+def _commit(work: Path, message: str) -> None:
+    _run(["git", "add", "-A"], work)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message], work)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project where `dvc repro` ran once on the tiny experiment."""
+    work = tmp_path_factory.mktemp("e2e") / "repo"
+    work.mkdir()
+    _copy_repo(work)
+    _run(["git", "init", "-q"], work)
+    _commit(work, "copy")
+    _run(["iotwatch", "params", "experiment=tiny"], work)
+    out = _run(["dvc", "repro"], work)
+    assert _ran(out) == set(STAGES), out[-3000:]
+    _commit(work, "run")
+    return work
+
+
+def _classify(work: Path) -> dict:
+    return json.loads((work / "reports/metrics/classify.json").read_text())
 
 
 @pytest.mark.slow
-def test_dvc_repro_then_exp_run_reruns_only_affected_stages(tmp_path: Path) -> None:
-    work = tmp_path / "repo"
-    work.mkdir()
-    _copy_repo(work)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):  # fmt: skip
-        _run(cmd, work)
-    _run(["iotwatch", "params", "experiment=tiny"], work)
-    out = _run(["dvc", "repro"], work)
-    assert _ran(out) == set(STAGES)
-    metrics = json.loads((work / "reports/metrics/classify.json").read_text())
-    for model in ("random_forest", "gaussian_nb"):
-        assert set(metrics[model]) >= {"accuracy", "precision_micro", "recall_micro",
-                                       "f1_micro", "f1_macro"}  # fmt: skip
-        assert 0.0 <= metrics[model]["accuracy"] <= 1.0
-    assert (work / "reports/report.md").read_text().count("|") > 10
-    assert (work / "reports/figures/tsne.png").stat().st_size > 1000
-    assert (work / "models/classifier.skops").is_file()
-    assert (work / "mlruns/mlflow.db").is_file()
-    shown = _run(["dvc", "metrics", "show", "--json"], work)
-    assert "classify.json" in shown
+def test_repro_writes_every_output_and_then_nothing_reruns(repo: Path) -> None:
+    for rel in ("data/processed/train.parquet", "data/processed/validation.parquet",
+                "data/processed/test.parquet", "data/processed/devices.parquet",
+                "models/classifier.skops", "reports/figures/tsne.png", "reports/report.md",
+                "reports/plots/confusion.csv", "mlruns/mlflow.db"):  # fmt: skip
+        assert (repo / rel).is_file(), rel
+    assert _classify(repo)["best_model"]["selected_on"] == "validation"
+    assert _ran(_run(["dvc", "repro"], repo)) == set()
+    status = _run(["dvc", "status", "--json"], repo)
+    assert json.loads(status) == {}, status
 
-    # Nothing changed: nothing reruns.
-    assert _ran(_run(["dvc", "repro"], work)) == set()
-    _run(["git", "add", "-A"], work)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run"], work)
 
-    # One classifier setting changed through DVC's Hydra composition: classify and report only.
+@pytest.mark.slow
+def test_exp_run_with_a_classify_param_reruns_classify_and_report_only(repo: Path) -> None:
+    before = _classify(repo)
     out = _run(
         ["dvc", "exp", "run", "-S", "experiment=tiny",
-         "-S", "classify.models.knn.params.n_neighbors=7"], work,
+         "-S", "classify.models.svm.params.C=0.01"], repo,
     )  # fmt: skip
     assert _ran(out) == {"classify", "report"}, out[-3000:]
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    assert params["classify"]["models"]["knn"]["params"]["n_neighbors"] == 7
-    shown = _run(["dvc", "exp", "show", "--csv"], work)
-    assert "random_forest.accuracy" in shown and "classify.models.knn.params.n_neighbors" in shown
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["classify"]["models"]["svm"]["params"]["C"] == 0.01
+    after = _classify(repo)
+    # that model's metrics change (C=0.01 underfits), the others' do not
+    assert after["svm"]["validation"] != before["svm"]["validation"]
+    for model in ("random_forest", "gaussian_nb"):
+        assert after[model]["test"] == before[model]["test"]
+    shown = _run(["dvc", "exp", "show", "--csv"], repo)
+    assert "classify.models.svm.params.C" in shown
+    # back to the committed state for the other tests
+    _run(["git", "checkout", "--", "."], repo)
+    _run(["dvc", "checkout", "--force"], repo)
 
-    # Hydra multirun outside DVC, two parallel jobs: each in its own folder, each in MLflow.
-    _run(
-        ["iotwatch", "run", "classify", "-m", "classify.optuna.enabled=false",
-         "classify.models.knn.params.n_neighbors=1,5", "hydra/launcher=joblib",
-         "hydra.launcher.n_jobs=2"], work,
-    )  # fmt: skip
-    jobs = sorted((work / "multirun").glob("*/*/[0-9]"))
-    assert len(jobs) == 2
-    accs = [json.loads((j / "reports/metrics/classify.json").read_text())["knn"]["accuracy"]
-            for j in jobs]  # fmt: skip
-    assert all(0 <= a <= 1 for a in accs)
+
+@pytest.mark.slow
+def test_a_changed_module_marks_the_stages_that_run_it(repo: Path) -> None:
+    inventory = repo / "src/iotwatch/inventory.py"
+    original = inventory.read_text()
+    inventory.write_text(original + "\n# labelling changed\n")
+    try:
+        changed = set(json.loads(_run(["dvc", "status", "--json"], repo)))
+    finally:
+        inventory.write_text(original)
+    # inventory.py labels flows: the flows stage (and synth, which writes the inventory)
+    assert {"flows", "synth@home"} <= changed
+    assert "classify" not in changed and "report" not in changed
+
+
+@pytest.mark.slow
+def test_a_real_capture_dataset_does_not_run_the_synthesizer(repo: Path) -> None:
+    # the user's own captures, where conf/dataset/captures.yaml expects them
+    shutil.copytree(repo / "data/raw/synthetic/benign", repo / "data/raw/captures")
+    shutil.copy2(repo / "data/raw/synthetic/inventory.csv", repo / "data/raw/inventory.csv")
+    _run(["iotwatch", "params", "experiment=tiny", "dataset=captures"], repo)
+    try:
+        out = _run(["dvc", "repro", "--dry"], repo)
+        stages = yaml.safe_load((repo / "params.yaml").read_text())["dataset"]["generate"]
+    finally:
+        _run(["git", "checkout", "--", "params.yaml"], repo)
+        shutil.rmtree(repo / "data/raw/captures")
+        (repo / "data/raw/inventory.csv").unlink()
+    assert stages == []
+    assert "synth" not in _ran(out) and "flows" in _ran(out), out[-2000:]
+
+
+@pytest.mark.slow
+def test_multirun_jobs_are_logged_with_their_override_values(repo: Path) -> None:
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{work}/mlruns/mlflow.db")
+    _run(
+        ["iotwatch", "run", "classify", "-m", "experiment=tiny",
+         "classify.models.svm.params.C=0.5,50.0", "hydra/launcher=joblib",
+         "hydra.launcher.n_jobs=2"], repo,
+    )  # fmt: skip
+    jobs = sorted((repo / "multirun").glob("*/*/[0-9]"))
+    assert len(jobs) == 2
+    for job in jobs:  # each job writes its own metrics, never the pipeline's
+        assert "svm" in json.loads((job / "reports/metrics/classify.json").read_text())
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlruns/mlflow.db")
     runs = mlflow.search_runs(
         experiment_names=["iotwatch/device-recognition"], output_format="list"
     )
-    parents = [
-        r for r in runs if r.info.run_name == "classify" and "mlflow.parentRunId" not in r.data.tags
+    svm_runs = [
+        r for r in runs
+        if r.info.run_name == "svm" and r.data.params.get("C") in ("0.5", "50.0")
+    ]  # fmt: skip
+    assert sorted(r.data.params["C"] for r in svm_runs) == ["0.5", "50.0"]
+
+
+def test_build_caches_do_not_count_as_code_changes(tmp_path: Path) -> None:
+    """The numba JIT path writes its cache beside the kernels: DVC must ignore it."""
+    code = (
+        "from iotwatch.flowmeter import FlowConfig, meter_captures\n"
+        "import sys\n"
+        "meter_captures([sys.argv[1]], FlowConfig())\n"
+    )
+    from scapy.all import IP, TCP, Ether, wrpcap
+
+    cap = tmp_path / "c.pcap"
+    frames = [
+        Ether() / IP(src="10.0.0.2", dst="10.0.0.9") / TCP(sport=40000, dport=443, flags=f)
+        for f in ("S", "A", "PA", "FA")
     ]
-    # dvc repro + dvc exp run + two sweep jobs = 4 classify stage runs, each with nested models
-    assert len(parents) == 4
-    assert all(r.data.tags["git_commit"] != "unknown" for r in parents)
-    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert {r.info.run_name for r in nested} >= {"random_forest", "gaussian_nb"}
+    for i, fr in enumerate(frames):
+        fr.time = 1_700_000_000 + i
+    wrpcap(str(cap), frames)
+    _run([sys.executable, "-c", code, str(cap)], REPO, env={"IOTWATCH_KERNELS": "jit"})
+    untracked = (
+        subprocess.run(
+            ["git", "ls-files", "-o", "-z", "src"], cwd=REPO, capture_output=True, check=True
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    untracked = [u for u in untracked if u]
+    assert any(u.endswith((".nbi", ".nbc")) for u in untracked), untracked  # the JIT cache
+    proc = subprocess.run(
+        [str(BIN / "dvc"), "check-ignore", "--non-matching", "--details", *untracked],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    not_ignored = [ln for ln in proc.stdout.splitlines() if ln.startswith("::")]
+    assert not not_ignored, f"DVC would see build products as code changes: {not_ignored}"
