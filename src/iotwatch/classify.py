@@ -450,6 +450,10 @@ def run(cfg: ClassifyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     from iotwatch.viz import plot_confusion
 
     paths, seed = ctx.paths, ctx.seed
+    # Check every enabled model's parameters before reading data or fitting anything.
+    enabled = {name: mcfg for name, mcfg in cfg.models.items() if mcfg.enabled}
+    for name, mcfg in enabled.items():
+        validate_params(name, make_pipeline(name, mcfg, seed))
     data = load_split(paths)
     train, test, cols = data.train, data.test, data.columns
     labels = sorted(
@@ -463,10 +467,6 @@ def run(cfg: ClassifyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
         "%d features, %d classes",
         len(train), len(data.validation), len(test), len(data.devices), len(cols), len(labels),
     )  # fmt: skip
-    # Check every enabled model's parameters before spending time on any fit.
-    enabled = {name: mcfg for name, mcfg in cfg.models.items() if mcfg.enabled}
-    for name, mcfg in enabled.items():
-        validate_params(name, make_pipeline(name, mcfg, seed))
     results: dict[str, Any] = {}
     fitted: dict[str, tuple[Any, dict[str, Any]]] = {}
     # Confusion PNGs go with confusion.csv in plots_dir (the classify stage's DVC out;

@@ -49,8 +49,9 @@ class FlowConfig:
     def __post_init__(self) -> None:
         if self.n_packets < 1:
             raise ValueError(f"n_packets must be >= 1, got {self.n_packets}")
-        if self.idle_timeout <= 0 or self.active_timeout <= 0:
-            raise ValueError("idle_timeout and active_timeout must be positive")
+        for name in ("idle_timeout", "active_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.reorder_window < 0:
             raise ValueError("reorder_window must be >= 0")
         self.protocols = [str(p).lower() for p in self.protocols]
