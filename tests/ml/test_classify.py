@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("name", ["default", "tiny"])
 def test_conf_files_load(name) -> None:
-    data = yaml.safe_load((REPO / "conf/classify" / f"{name}.yaml").read_text())
+    from iotwatch.pipeline.params_cli import compose_params
+
+    data = yaml.safe_load(compose_params([f"classify={name}"], REPO / "conf"))["classify"]
     cfg = from_dict(ClassifyConfig, data, "classify")
     assert list(cfg.models) == [
         "random_forest",
