@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 # the flow meter's kernels, compiled ahead of time (iotwatch flows then starts without numba)
-KERNELS := $(addprefix src/iotwatch/flowmeter/,_decode.py _meter_kernels.py build_aot.py meter.py reader.py _jit.py)
+KERNELS := $(addprefix src/iotwatch/flowmeter/,_decode.py _meter_kernels.py build_aot.py reader.py _jit.py engine.py flowtable.py reorder.py arrow_table.py)
 KERNELS_STAMP := $(VENV)/.kernels
 # Stage commands in dvc.yaml call `iotwatch`: put the project's venv first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)

@@ -1,7 +1,7 @@
 """Benchmark the whole `iotwatch flows` process against a naive scapy baseline (and NFStream).
 
 .venv/bin/python bench/bench_flows.py [--packets 2000000] [--flows 50000]
-    [--baseline-packets N] [--repeat 5] [--multi 5] [--keep]
+    [--baseline-packets N] [--repeat 5] [--multi 5] [--keep] [--compare SRC] [--quick]
 
 Runs, side by side: a naive scapy flow meter (RawPcapReader + struct decoding + a dict of flows
 with the first-N features: the default profile's job, on the first ``--baseline-packets``
@@ -14,6 +14,11 @@ compiles) and warm. Then one run over ``--multi`` copies of the capture (memory 
 the number of captures). Prints packets/s, ratios to the scapy baseline, the cost of generality
 and the subprocess's peak resident and private (anonymous) memory. Resident memory includes the
 pages of the memory-mapped capture (file-backed, reclaimable); private memory is the process's.
+
+``--compare SRC``: also run `iotwatch flows` from another source tree (``PYTHONPATH=SRC``, e.g.
+``/tmp/base/src`` of ``git worktree add /tmp/base HEAD``, its kernels built there with
+``PYTHONPATH=SRC python -m iotwatch.flowmeter.build_aot``), interleaved with this tree's runs,
+and print the ratio. ``--quick``: only `iotwatch flows` (no scapy, NFStream or JIT runs).
 """
 
 from __future__ import annotations
@@ -158,12 +163,16 @@ def _anon_kb(pid: int) -> int:
 
 
 def run_cli(
-    path: Path | list[Path], out: Path, cache_dir: Path, kernels: str = "auto"
+    path: Path | list[Path],
+    out: Path,
+    cache_dir: Path,
+    kernels: str = "auto",
+    pythonpath: str | None = None,
 ) -> tuple[float, int, int, str]:
     """`iotwatch flows` as a subprocess: (seconds, peak RSS kB, peak private kB, summary).
 
     ``cache_dir`` is the numba cache the process uses (empty: a cold JIT run compiles);
-    ``kernels``: IOTWATCH_KERNELS for it.
+    ``kernels``: IOTWATCH_KERNELS for it; ``pythonpath``: a source tree to run instead.
     """
     paths = path if isinstance(path, list) else [path]
     cmd = [
@@ -184,6 +193,8 @@ def run_cli(
     ]
     t = time.perf_counter()
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "IOTWATCH_KERNELS": kernels}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
     peak = [0]
 
@@ -221,11 +232,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=5, help="warm runs per variant")
     ap.add_argument("--multi", type=int, default=5, help="captures in the multi-capture run")
     ap.add_argument("--keep", action="store_true", help="keep the generated captures")
+    ap.add_argument("--compare", metavar="SRC", help="another source tree to time alongside")
+    ap.add_argument("--quick", action="store_true", help="only `iotwatch flows` runs")
     args = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     # bytecode for the package, as a regular install has (an editable install under
     # PYTHONDONTWRITEBYTECODE=1 would compile iotwatch's modules from source in every run)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "src")], check=True)
+    for src in (REPO / "src", *([Path(args.compare)] if args.compare else [])):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(src)], check=True)
     plain = OUT / f"flows_{args.packets}.pcap"
     full = OUT / f"flows_{args.packets}_full.pcapng"
     if not plain.exists():
@@ -239,6 +253,12 @@ def main(argv: list[str] | None = None) -> None:
         f"capture: {n} packets, {mb:.0f} MB ({plain.name}); full: {full.stat().st_size / 1e6:.0f} MB"
     )
 
+    if args.quick:
+        _compare(args, variants=(("default", plain), ("full-generality", full)), n=n)
+        if not args.keep:
+            plain.unlink()
+            full.unlink()
+        return
     bn, bt = scapy_baseline(plain, args.baseline_packets)
     base_pps = bn / bt
     print(
@@ -281,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         (OUT / "multi.parquet").unlink(missing_ok=True)
     shutil.rmtree(cache, ignore_errors=True)
+    if args.compare:
+        _compare(args, variants, n)
     results = {}
     for (label, kind), rs in runs.items():
         rs.sort()
@@ -302,6 +324,46 @@ def main(argv: list[str] | None = None) -> None:
     if not args.keep:
         plain.unlink()
         full.unlink()
+
+
+def _compare(args: argparse.Namespace, variants: tuple, n: int) -> None:
+    """This tree against ``--compare`` (when given), interleaved: best and median per variant."""
+    trees = [("this tree", None)] + ([("compared", args.compare)] if args.compare else [])
+    for label, src in trees:
+        kind = subprocess.run(
+            [sys.executable, "-c", "from iotwatch.flowmeter import _jit; print(_jit.kind())"],
+            capture_output=True, text=True, check=True, cwd=REPO,
+            env={**os.environ, **({"PYTHONPATH": src} if src else {})},
+        ).stdout.strip()  # fmt: skip
+        print(f"{label}: kernels {kind}" + (f" ({src})" if src else ""))
+    cache = tempfile.mkdtemp(prefix="numba-cache-")
+    times: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}  # user + system seconds: less noisy on a VM
+    for _ in range(max(1, args.repeat)):
+        for vlabel, path in variants:
+            for label, src in trees:
+                before = os.times()
+                dt = run_cli(path, OUT / f"{path.stem}.parquet", Path(cache), pythonpath=src)[0]
+                after = os.times()
+                used = (after.children_user - before.children_user) + (
+                    after.children_system - before.children_system
+                )
+                times.setdefault((vlabel, label), []).append(dt)
+                cpu.setdefault((vlabel, label), []).append(used)
+    shutil.rmtree(cache, ignore_errors=True)
+    for vlabel, _ in variants:
+        line = []
+        for label, _src in trees:
+            ts, cs = sorted(times[vlabel, label]), sorted(cpu[vlabel, label])
+            line.append(f"{label} best {ts[0]:.3f} s ({n / ts[0] / 1e6:.2f} Mpkt/s), "
+                        f"median {ts[len(ts) // 2]:.3f} s, CPU median {cs[len(cs) // 2]:.3f} s")  # fmt: skip
+        if len(trees) == 2:
+            a, b = sorted(times[vlabel, trees[0][0]]), sorted(times[vlabel, trees[1][0]])
+            ca, cb = sorted(cpu[vlabel, trees[0][0]]), sorted(cpu[vlabel, trees[1][0]])
+            line.append(f"this/compared best {a[0] / b[0]:.3f}, "
+                        f"median {a[len(a) // 2] / b[len(b) // 2]:.3f}, "
+                        f"CPU median {ca[len(ca) // 2] / cb[len(cb) // 2]:.3f}")  # fmt: skip
+        print(f"iotwatch flows [{vlabel}, {args.repeat} runs each]: " + "; ".join(line))
 
 
 if __name__ == "__main__":

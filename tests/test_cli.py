@@ -15,6 +15,7 @@ import pytest
 from iotwatch.cli import COMMANDS, main
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _iotwatch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -42,15 +43,16 @@ def test_stage_without_params_is_a_clean_error(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def _write_params(tmp_path: Path, *overrides: str) -> None:
+    """A complete params.yaml (conf/ composed, as `iotwatch params` writes it) in ``tmp_path``."""
+    from iotwatch.pipeline.params_cli import compose_params
+
+    text = compose_params(["tracking.enabled=false", *overrides], REPO / "conf")
+    (tmp_path / "params.yaml").write_text(text)
+
+
 def test_stage_with_missing_captures_is_a_clean_error(tmp_path: Path) -> None:
-    params = tmp_path / "params.yaml"
-    params.write_text(
-        "seed: 1\n"
-        "tracking: {enabled: false}\n"
-        "paths: {}\n"
-        "dataset: {name: mine, captures: nowhere, inventory: inv.csv}\n"
-        "flows: {}\n"
-    )
+    _write_params(tmp_path, "dataset=captures", "dataset.captures=nowhere")
     proc = _iotwatch("stage", "flows", cwd=tmp_path)
     assert proc.returncode == 2
     assert "nowhere: no such capture file or directory" in proc.stderr
@@ -58,13 +60,20 @@ def test_stage_with_missing_captures_is_a_clean_error(tmp_path: Path) -> None:
 
 
 def test_stage_with_bad_config_value_names_it(tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text(
-        "seed: 1\ntracking: {enabled: false}\npaths: {}\ndataset: {name: x}\n"
-        "flows: {idle_timeout: soon}\n"
-    )
+    _write_params(tmp_path, "flows.idle_timeout=soon")
     proc = _iotwatch("stage", "flows", cwd=tmp_path)
     assert proc.returncode == 2
     assert "flows.idle_timeout" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_stage_with_a_key_left_out_names_it(tmp_path: Path) -> None:
+    _write_params(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text(params.read_text().replace("  reorder_window: 2.0\n", ""))
+    proc = _iotwatch("stage", "flows", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "params.yaml: flows: missing key(s) ['reorder_window']" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def _free_port() -> int:

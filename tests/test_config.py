@@ -76,3 +76,47 @@ def test_read_params_errors(tmp_path: Path) -> None:
     scalar.write_text("3\n")
     with pytest.raises(ConfigError, match="mapping"):
         read_params(scalar)
+
+
+@dataclass
+class Required:
+    n: int
+    inner: Inner
+    camera: Inner | None = None  # an optional section: may be left out even when strict
+
+
+def test_missing_keys_are_named() -> None:
+    with pytest.raises(ConfigError, match=r"Required: missing key\(s\) \['n', 'inner'\]"):
+        from_dict(Required, {})
+    cfg = from_dict(Required, {"n": 1, "inner": {}})  # not strict: Inner's defaults fill in
+    assert cfg.inner == Inner() and cfg.camera is None
+
+
+def test_strict_requires_every_key_nested_too() -> None:
+    with pytest.raises(
+        ConfigError, match=r"p\.yaml: x\.inner: missing key\(s\) \['rate', 'name'\]"
+    ):
+        from_dict(Required, {"n": 1, "inner": {}}, "p.yaml: x", strict=True)
+    with pytest.raises(ConfigError, match=r"Outer: missing key\(s\) \['mode', 'path'"):
+        from_dict(Outer, {"n": 1}, strict=True)
+    cfg = from_dict(Required, {"n": 1, "inner": {"rate": 2, "name": "y"}}, strict=True)
+    assert cfg.camera is None
+    with pytest.raises(ConfigError, match=r"x\.camera: missing key\(s\) \['name'\]"):
+        from_dict(
+            Required,
+            {"n": 1, "inner": {"rate": 2, "name": "y"}, "camera": {"rate": 1}},
+            "x",
+            strict=True,
+        )
+
+
+@dataclass
+class WithRuntime:
+    n: int
+    nets: list[str] = field(default_factory=list, metadata={"conf": False})
+
+
+def test_runtime_fields_are_not_keys() -> None:
+    assert from_dict(WithRuntime, {"n": 1}, strict=True).nets == []
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['nets'\]"):
+        from_dict(WithRuntime, {"n": 1, "nets": []})

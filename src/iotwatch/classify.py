@@ -29,22 +29,32 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# name -> (module, class); the order is the method's table order.
-ESTIMATORS: dict[str, tuple[str, str]] = {
-    "random_forest": ("sklearn.ensemble", "RandomForestClassifier"),
-    "decision_tree": ("sklearn.tree", "DecisionTreeClassifier"),
-    "svm": ("sklearn.svm", "SVC"),
-    "knn": ("sklearn.neighbors", "KNeighborsClassifier"),
-    "mlp": ("sklearn.neural_network", "MLPClassifier"),
-    "gaussian_nb": ("sklearn.naive_bayes", "GaussianNB"),
+# name -> (module, class, label in the method's table); the order is the method's table order.
+ESTIMATORS: dict[str, tuple[str, str, str]] = {
+    "random_forest": ("sklearn.ensemble", "RandomForestClassifier", "RF"),
+    "decision_tree": ("sklearn.tree", "DecisionTreeClassifier", "DT"),
+    "svm": ("sklearn.svm", "SVC", "SVM"),
+    "knn": ("sklearn.neighbors", "KNeighborsClassifier", "KNN"),
+    "mlp": ("sklearn.neural_network", "MLPClassifier", "ANN (MLP)"),
+    "gaussian_nb": ("sklearn.naive_bayes", "GaussianNB", "GNB"),
 }
+
+
+def model_label(name: str) -> str:
+    """The model's name in the method's table (RF, DT, ...); unknown names as they are."""
+    return ESTIMATORS[name][2] if name in ESTIMATORS else name
+
+
 SCORE_KEYS = ("accuracy", "precision_micro", "recall_micro", "f1_micro", "f1_macro")
 BEST_KEY = "best_model"  # the one key of classify.json that is not a model
 
 
 @dataclass
 class ModelConfig:
-    """One classifier: whether to run it, its preprocessing and its estimator parameters."""
+    """One classifier: whether to run it, its preprocessing and its estimator parameters.
+
+    conf/classify/*.yaml gives every key of every model (the pipeline reads them strictly); the
+    defaults are neutral values for library callers, not a model's settings."""
 
     enabled: bool = True
     log1p: bool = False  # log1p of every feature (sizes/IATs are >= 0) before scaling
@@ -54,18 +64,20 @@ class ModelConfig:
 
 @dataclass
 class OptunaConfig:
-    """Hyperparameter search: TPE over ``search_spaces`` maximising CV accuracy on train."""
+    """Hyperparameter search: TPE over ``search_spaces`` maximising CV accuracy on train.
 
-    enabled: bool = False
-    n_trials: int = 20
-    cv_folds: int = 3
-    timeout_s: float | None = None  # per model
+    No defaults: conf/classify/*.yaml spells out every key."""
+
+    enabled: bool
+    n_trials: int
+    cv_folds: int
+    timeout_s: float | None  # per model
     # Optuna storage URL (sqlite:///optuna.db, postgresql://...) to share studies; null = memory.
-    storage: str | None = None
-    study_prefix: str = "iotwatch-classify"
+    storage: str | None
+    study_prefix: str
     # model -> param -> {type: int|float|categorical, low, high, log, choices}; the special
     # param ``log1p`` toggles the log transform. Models without a space keep their params.
-    search_spaces: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    search_spaces: dict[str, dict[str, dict[str, Any]]]
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -98,8 +110,8 @@ class OptunaConfig:
 class ClassifyConfig:
     """conf/classify/*.yaml: the models to compare and the optional Optuna search."""
 
-    models: dict[str, ModelConfig] = field(default_factory=dict)
-    optuna: OptunaConfig = field(default_factory=OptunaConfig)
+    models: dict[str, ModelConfig]
+    optuna: OptunaConfig
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.models) - set(ESTIMATORS))
@@ -141,7 +153,7 @@ def make_pipeline(
 
     from iotwatch.errors import ConfigError
 
-    module, cls_name = ESTIMATORS[name]
+    module, cls_name, _ = ESTIMATORS[name]
     cls = getattr(importlib.import_module(module), cls_name)
     params = dict(mcfg.params if params is None else params)
     log1p = bool(params.pop("log1p", mcfg.log1p))

@@ -18,25 +18,68 @@ from iotwatch.errors import ConfigError, InputError
 T = TypeVar("T")
 
 
-def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types clearly."""
+def from_dict(
+    cls: type[T], data: dict[str, Any] | None, where: str = "", strict: bool = False
+) -> T:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types clearly.
+
+    A key is missing when its field has no default; with ``strict`` (the composed configuration:
+    params.yaml, profiles) every key must be given, nested ones included, so that no dataclass
+    default ever fills in a value conf/ does not spell out. Fields marked
+    ``metadata={"conf": False}`` are set by code, never read from a mapping (``"home"`` in the
+    metadata names where the setting lives instead).
+    """
     data = dict(data or {})
     where = where or cls.__name__
-    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    names = {f.name: f for f in fields if f.metadata.get("conf", True)}
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+        homes = [
+            f"{f.name} is set in {f.metadata['home']}"
+            for f in fields
+            if f.name in unknown and "home" in f.metadata
+        ]
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown}; known: {sorted(names)}"
+            + "".join(f"; {h}" for h in homes)
+        )
     hints = typing.get_type_hints(cls)
+    missing = [n for n, f in names.items() if n not in data and _required(f, hints[n], strict)]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {missing}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
+        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}", strict)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def has_default(f: dataclasses.Field[Any]) -> bool:
+    """Whether dataclass field ``f`` has a default (value or factory)."""
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+def _required(f: dataclasses.Field[Any], hint: Any, strict: bool) -> bool:
+    """Whether key ``f.name`` must be given: always without a default; when strict, also with
+    one, except for a ``Section | None = None`` field, a sub-mapping that may be left out (a
+    device's ``camera:``, which only cameras have): leaving it out fills in no value."""
+    if not has_default(f):
+        return True
+    if not strict:
+        return False
+    args = typing.get_args(hint)
+    optional_section = (
+        f.default is None
+        and type(None) in args
+        and any(dataclasses.is_dataclass(a) for a in args if a is not type(None))
+    )
+    return not optional_section
+
+
+def _coerce(value: Any, hint: Any, where: str, strict: bool) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -47,25 +90,25 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, where)
+                return _coerce(value, arg, where, strict)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(hint, value, where)
+        return from_dict(hint, value, where, strict)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         inner = args[0] if args else Any
-        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [_coerce(v, inner, f"{where}[{i}]", strict) for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         vt = args[1] if len(args) == 2 else Any
-        return {k: _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+        return {k: _coerce(v, vt, f"{where}.{k}", strict) for k, v in value.items()}
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
@@ -138,24 +181,32 @@ def read_params(path: Path | str = "params.yaml") -> dict[str, Any]:
     return data
 
 
-# The source tree's conf/, for when no project is found above the working directory.
-_SOURCE_CONF = Path(__file__).resolve().parents[2] / "conf"
+# conf/ as shipped with the package: src/iotwatch/conf is a link to the repository's conf/ (the
+# one place configuration is edited) and a wheel carries a copy of it as package data, so an
+# installed iotwatch and a source checkout find their profiles the same way.
+PACKAGE_CONF = Path(__file__).resolve().parent / "conf"
+
+
+def _project_confs(start: Path | None) -> list[Path]:
+    """conf/ folders of projects (a conf/config.yaml) at and above ``start`` (cwd), nearest first."""
+    here = (start or Path.cwd()).resolve()
+    return [d / "conf" for d in (here, *here.parents) if (d / "conf" / "config.yaml").is_file()]
 
 
 def find_conf_dir(start: Path | None = None) -> Path:
-    """The nearest conf/ with a config.yaml, searched upward from cwd, then the source tree."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "conf" / "config.yaml").is_file():
-            return folder / "conf"
-    if (_SOURCE_CONF / "config.yaml").is_file():
-        return _SOURCE_CONF
-    raise ConfigError(f"no conf/config.yaml found above {here}")
+    """The nearest project's conf/ (a conf/config.yaml at or above cwd), else the packaged one."""
+    for conf in (*_project_confs(start), PACKAGE_CONF):
+        if (conf / "config.yaml").is_file():
+            return conf
+    raise ConfigError(
+        f"no conf/config.yaml found above {(start or Path.cwd()).resolve()} "
+        f"nor in the package ({PACKAGE_CONF})"
+    )
 
 
 def find_profile(group: str, name_or_path: str | Path, start: Path | None = None) -> Path:
     """A profile of config group ``group``: a YAML file path, or a name looked up as
-    ``conf/<group>/<name>.yaml`` upward from cwd, then in the source tree."""
+    ``conf/<group>/<name>.yaml`` in the nearest project's conf/, then in the packaged conf/."""
     text = str(name_or_path)
     path = Path(text)
     if text.endswith((".yaml", ".yml")) or path.is_file():
@@ -166,15 +217,15 @@ def find_profile(group: str, name_or_path: str | Path, start: Path | None = None
         raise ConfigError(
             f"{group} profile '{text}': expected a name like 'default' or a .yaml path"
         )
-    here = (start or Path.cwd()).resolve()
-    for folder in (*(d / "conf" for d in (here, *here.parents)), _SOURCE_CONF):
+    folders = [*_project_confs(start), PACKAGE_CONF]
+    for folder in folders:
         candidate = folder / group / f"{text}.yaml"
         if candidate.is_file():
             return candidate
-    known = sorted(p.stem for p in (_SOURCE_CONF / group).glob("*.yaml"))
+    known = sorted({p.stem for f in folders for p in (f / group).glob("*.yaml")})
     raise ConfigError(
-        f"{group} profile '{text}' not found: no conf/{group}/{text}.yaml above {here} "
-        f"or in {_SOURCE_CONF} (known: {known})"
+        f"{group} profile '{text}' not found in {', '.join(str(f) for f in folders)} "
+        f"(known: {known})"
     )
 
 

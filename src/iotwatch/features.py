@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 LABEL = "label"
 META_COLUMNS = ("label", "device_type", "device_id", "capture_time", "capture", "flow_id")
 MALICIOUS_EXTRA = ("attack_type", "gt_device_type", "gt_device_name")
+# The ground-truth CSV's columns (read here; iotwatch.synth writes them): one row per attack
+# connection or time window, matched to flows by protocol, endpoints and overlapping time.
 GROUND_TRUTH_COLUMNS = (
     "attack_type", "device_type", "device_name", "proto",
     "src_ip", "src_port", "dst_ip", "dst_port", "start", "end",
@@ -38,7 +40,10 @@ _PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 
 @dataclass
 class FeaturesConfig:
-    """conf/features/*.yaml: which flows become features and how train/test are split."""
+    """conf/features/*.yaml: which flows become features and how train/test are split.
+
+    The defaults are conf/features/default.yaml's values, for library callers and tests;
+    tests/test_config_source.py fails when they differ. The pipeline never uses them."""
 
     n_packets: int = 10
     label: str = "device_type"
@@ -81,19 +86,10 @@ def metric_key(name: Any) -> str:
 
 
 def feature_columns(n: int) -> list[str]:
-    """Feature names for N packets, in the flow meter's order (sizes, then inter-arrival times)."""
-    try:  # the flow meter owns the schema; fall back to the same layout until it exists
-        from iotwatch.flowmeter.schema import feature_columns as _fc
+    """Feature names for N packets: the flow meter's columns (flowmeter.schema owns the layout)."""
+    from iotwatch.flowmeter.schema import feature_columns as schema_columns
 
-        return list(_fc(n))
-    except ImportError:
-        pass
-    return (
-        [f"size_sent_{i}" for i in range(1, n + 1)]
-        + [f"size_recv_{i}" for i in range(1, n + 1)]
-        + [f"iat_sent_{i}" for i in range(1, n)]
-        + [f"iat_recv_{i}" for i in range(1, n)]
-    )
+    return schema_columns(n)
 
 
 def model_columns(table: pd.DataFrame) -> list[str]:
@@ -329,9 +325,11 @@ def empty_malicious(n_packets: int) -> pd.DataFrame:
     """An empty malicious feature table with the full schema (DVC outs must exist)."""
     import pandas as pd
 
+    from iotwatch.flowmeter.schema import feature_fields
+
     cols: dict[str, Any] = {}
-    for c in feature_columns(n_packets):
-        cols[c] = pd.Series([], dtype="int32" if c.startswith("size_") else "float64")
+    for f in feature_fields(n_packets):
+        cols[f.name] = pd.Series([], dtype=f.type.to_pandas_dtype())
     for c in ("label", "device_type", "device_id"):
         cols[c] = pd.Series([], dtype="string")
     cols["capture_time"] = pd.Series([], dtype="float64")
@@ -373,8 +371,11 @@ def malicious_features(
 
 
 def _write(table: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(path, index=False)
+    import pyarrow as pa
+
+    from iotwatch.flowmeter.schema import write_parquet
+
+    write_parquet(pa.Table.from_pandas(table, preserve_index=False), path)
     log.info("wrote %s (%d rows)", path, len(table))
 
 

@@ -115,9 +115,7 @@ def flows_per_type(table: pa.Table | None) -> dict[str, int]:
 
 def run(cfg: FlowConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     """Flows stage: the dataset's benign and malicious captures -> paths.flows(_malicious)."""
-    import pyarrow.parquet as pq
-
-    from iotwatch.flowmeter.schema import flow_schema
+    from iotwatch.flowmeter.schema import flow_schema, write_parquet
 
     dataset, paths = ctx.dataset, ctx.paths
     if dataset.local_networks and not cfg.local_networks:
@@ -132,8 +130,7 @@ def run(cfg: FlowConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     if malicious is None:
         malicious = flow_schema(cfg.n_packets).empty_table()
     for table, path in ((benign, paths.flows), (malicious, paths.flows_malicious)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path)
+        write_parquet(table, path)
     seconds = time.perf_counter() - t0
     packets = m_benign.get("packets_read", 0) + m_mal.get("packets_read", 0)
     metrics = {

@@ -1,8 +1,11 @@
-"""Typed views of params.yaml's shared sections: paths and dataset."""
+"""Typed views of params.yaml's shared sections: paths and dataset.
+
+No defaults: every value comes from conf/ (config.yaml `paths:`, conf/dataset/*.yaml).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -10,33 +13,37 @@ from pathlib import Path
 class PathsConfig:
     """Every file or folder the pipeline reads or writes (conf/config.yaml `paths:`)."""
 
-    synth_dir: Path = Path("data/raw/synthetic")
-    flows: Path = Path("data/interim/flows.parquet")
-    flows_malicious: Path = Path("data/interim/flows_malicious.parquet")
-    features_train: Path = Path("data/processed/train.parquet")
-    features_validation: Path = Path("data/processed/validation.parquet")
-    features_test: Path = Path("data/processed/test.parquet")
-    features_devices: Path = Path("data/processed/devices.parquet")
-    features_malicious: Path = Path("data/processed/malicious.parquet")
-    metrics_dir: Path = Path("reports/metrics")
-    figures_dir: Path = Path("reports/figures")
-    plots_dir: Path = Path("reports/plots")
-    models_dir: Path = Path("models")
-    classifier: Path = Path("models/classifier.skops")
-    report: Path = Path("reports/report.md")
+    synth_dir: Path
+    flows: Path
+    flows_malicious: Path
+    features_train: Path
+    features_validation: Path
+    features_test: Path
+    features_devices: Path
+    features_malicious: Path
+    metrics_dir: Path
+    figures_dir: Path
+    plots_dir: Path
+    models_dir: Path
+    classifier: Path
+    anomaly_models: Path
+    anomaly_plots: Path
+    report: Path
 
 
 @dataclass
 class DatasetConfig:
     """Where the captures and their labels are (conf/dataset/*.yaml)."""
 
-    name: str = "synthetic"
+    name: str
     # Stages that generate this dataset (dvc.yaml runs the synth stage once per item): [home]
     # for the built-in synthetic home, [] for real captures (nothing is generated).
-    generate: list[str] = field(default_factory=list)
-    captures: Path = Path("data/raw/synthetic/benign")
-    malicious: Path | None = None
-    inventory: Path = Path("data/raw/synthetic/inventory.csv")
-    inventory_format: str = "csv"
-    ground_truth: Path | None = None
-    local_networks: list[str] = field(default_factory=list)
+    generate: list[str]
+    captures: Path
+    malicious: Path | None
+    inventory: Path
+    inventory_format: str
+    ground_truth: Path | None
+    # CIDRs of the monitored network (which side of a flow is the device): the one home of
+    # this setting; the flows stage hands it to the flow meter (FlowConfig.local_networks).
+    local_networks: list[str]

@@ -13,22 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iotwatch.paths import PathsConfig
+from iotwatch.tracking import flat_items
 
 if TYPE_CHECKING:
     from iotwatch.context import StageContext
     from iotwatch.tracking import StageRun
 
 log = logging.getLogger(__name__)
-
-# Display names in the method's table.
-MODEL_NAMES = {
-    "random_forest": "RF",
-    "decision_tree": "DT",
-    "svm": "SVM",
-    "knn": "KNN",
-    "mlp": "ANN (MLP)",
-    "gaussian_nb": "GNB",
-}
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -50,17 +41,6 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def _rel(target: Path, report: Path) -> str:
     return Path(os.path.relpath(target, report.parent)).as_posix()
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    out: list[tuple[str, Any]] = []
-    for k, v in d.items():
-        name = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            out.extend(_flat(v, name))
-        elif not isinstance(v, list):
-            out.append((name, v))
-    return out
 
 
 def dataset_section(features: dict[str, Any]) -> list[str]:
@@ -116,7 +96,7 @@ def dataset_section(features: dict[str, Any]) -> list[str]:
 def classifier_section(classify: dict[str, Any], paths: PathsConfig) -> list[str]:
     """Markdown lines: the model table (validation and test), the held-out devices, the best
     model's per-class report on test and the confusion matrices. Every figure names its split."""
-    from iotwatch.classify import BEST_KEY, metrics_table
+    from iotwatch.classify import BEST_KEY, metrics_table, model_label
 
     models = metrics_table(classify)
     lines = [
@@ -133,7 +113,7 @@ def classifier_section(classify: dict[str, Any], paths: PathsConfig) -> list[str
     for name, m in models:
         val, test, dev = m.get("validation", {}), m.get("test", {}), m.get("devices", {})
         lines.append(
-            f"| {MODEL_NAMES.get(name, name)} | {_fmt(val.get('accuracy'))} | "
+            f"| {model_label(name)} | {_fmt(val.get('accuracy'))} | "
             f"{_fmt(test.get('accuracy'))} | {_fmt(test.get('f1_micro'))} | "
             f"{_fmt(test.get('f1_macro'))} | {_fmt(dev.get('accuracy')) if dev else 'n/a'} | "
             f"{_fmt(m.get('fit_seconds'), 2)} |"
@@ -142,7 +122,7 @@ def classifier_section(classify: dict[str, Any], paths: PathsConfig) -> list[str
     if best and best in classify:
         lines += [
             "",
-            f"Best model on validation: **{MODEL_NAMES.get(best, best)}** (`{best}`), saved to "
+            f"Best model on validation: **{model_label(best)}** (`{best}`), saved to "
             f"`{paths.classifier}`.",
             "",
         ]
@@ -182,6 +162,63 @@ def classifier_section(classify: dict[str, Any], paths: PathsConfig) -> list[str
     return lines + [""]
 
 
+def anomaly_section(anomaly: dict[str, Any], paths: PathsConfig) -> list[str]:
+    """Markdown lines: per device type, the autoencoder's test figures under both threshold
+    rules, the baselines' under the same rule, and the pictures."""
+    devices = {k: v for k, v in anomaly.items() if k != "skipped" and isinstance(v, dict)}
+    lines = [
+        "## Anomaly detection (one sparse autoencoder per device type)",
+        "",
+        "Trained on each device type's legitimate train flows; thresholds chosen on "
+        "**validation** (legitimate + malicious); every figure below is on **test**. "
+        "*best-F1*: the smallest threshold with the best validation F1; *FPR rule*: the "
+        "target-FPR quantile of legitimate validation errors.",
+        "",
+        "| device type | F1 | recall | FPR | AUC | TPR at 1 % FPR | recall (FPR rule) | "
+        "FPR (FPR rule) | train (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for dev, m in devices.items():
+        fr = m.get("fpr_rule") or {}
+        lines.append(
+            f"| {dev} | {_fmt(m.get('f1'))} | {_fmt(m.get('recall'))} | {_fmt(m.get('fpr'))} | "
+            f"{_fmt(m.get('auc'))} | {_fmt(m.get('tpr_at_1pct_fpr'))} | "
+            f"{_fmt(fr.get('recall'))} | {_fmt(fr.get('fpr'))} | "
+            f"{_fmt(m.get('train_seconds'), 1)} |"
+        )
+    names = sorted({b for m in devices.values() for b in (m.get("baselines") or {})})
+    if names:
+        lines += [
+            "",
+            "Baselines, same splits and best-F1 rule (test F1 / AUC):",
+            "",
+            "| device type | autoencoder | " + " | ".join(names) + " |",
+            "|---|---:|" + "---:|" * len(names),
+        ]
+        for dev, m in devices.items():
+            base = m.get("baselines") or {}
+            cells = [
+                f"{_fmt(base.get(n, {}).get('f1'))} / {_fmt(base.get(n, {}).get('auc'))}"
+                for n in names
+            ]
+            ae = f"{_fmt(m.get('f1'))} / {_fmt(m.get('auc'))}"
+            lines.append(f"| {dev} | {ae} | " + " | ".join(cells) + " |")
+    skipped = anomaly.get("skipped") or {}
+    if skipped:
+        lines += [
+            "",
+            "Skipped: " + ", ".join(f"{k} ({v.get('reason', '')})" for k, v in skipped.items()),
+        ]
+    report = Path(paths.report)
+    for dev in devices:
+        pics = [Path(paths.anomaly_plots) / dev / f"{n}.png" for n in ("roc", "pr", "errors")]
+        pics = [q for q in pics if q.is_file()]
+        if pics:
+            lines += ["", f"### {dev}", ""]
+            lines += [f"![{q.stem}]({_rel(q, report)})" for q in pics]
+    return lines + [""]
+
+
 def build_report(paths: PathsConfig, exclude: str = "report") -> tuple[str, dict[str, Any]]:
     """Markdown text of the report and its summary numbers, from metrics files and figures."""
     metrics_dir = Path(paths.metrics_dir)
@@ -218,10 +255,12 @@ def build_report(paths: PathsConfig, exclude: str = "report") -> tuple[str, dict
         for key in ("validation_accuracy", "test_accuracy"):
             if key in best:
                 summary[f"best_{key}"] = best[key]
-    others = [k for k in found if k not in ("features", "tsne", "classify")]
+    if "anomaly" in found:
+        lines += anomaly_section(found["anomaly"], paths)
+    others = [k for k in found if k not in ("features", "tsne", "classify", "anomaly")]
     for stage in others:
         lines += [f"## {stage}", "", "| metric | value |", "|---|---:|"]
-        rows = _flat(found[stage])
+        rows = [(k, v) for k, v in flat_items(found[stage], ".") if not isinstance(v, list)]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in rows[:60]]
         if len(rows) > 60:
             lines.append(f"| … | {len(rows) - 60} more in `{metrics_dir / (stage + '.json')}` |")

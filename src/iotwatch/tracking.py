@@ -25,7 +25,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrackingConfig:
-    """Where MLflow keeps runs; ``enabled: false`` writes only the metrics files."""
+    """Where MLflow keeps runs; ``enabled: false`` writes only the metrics files.
+
+    The defaults are conf/config.yaml's `tracking:` values (for `iotwatch ui` outside a
+    project); tests/test_config_source.py fails when they differ. The pipeline never uses them."""
 
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_root: str = "mlruns/artifacts"
@@ -33,20 +36,24 @@ class TrackingConfig:
     enabled: bool = True
 
 
+def flat_items(d: Mapping[str, Any], sep: str = "/", prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """The leaves of nested mappings as ``("a<sep>b", value)``, in order (the one flattener:
+    metrics, parameters and the report's tables all walk nested dicts with it)."""
+    for key, value in d.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            yield from flat_items(value, sep, name)
+        else:
+            yield name, value
+
+
 def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """Flatten nested numeric dicts to ``{"a/b": 1.0}``; non-numbers are dropped."""
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name))
-        elif (
-            isinstance(value, bool)
-            or isinstance(value, (int, float))
-            and math.isfinite(float(value))
-        ):
-            out[name] = float(value)
-    return out
+    return {
+        name: float(value)
+        for name, value in flat_items(metrics, "/", prefix)
+        if isinstance(value, bool) or isinstance(value, (int, float)) and math.isfinite(value)
+    }
 
 
 def _jsonable(value: Any) -> Any:
@@ -125,18 +132,7 @@ class StageRun:
             return
         import mlflow
 
-        flat: dict[str, str] = {}
-
-        def walk(d: Mapping[str, Any], pre: str) -> None:
-            for k, v in d.items():
-                name = f"{pre}.{k}" if pre else str(k)
-                if isinstance(v, Mapping):
-                    walk(v, name)
-                else:
-                    flat[name] = str(v)[:6000]
-
-        walk(params, prefix)
-        items = list(flat.items())
+        items = [(name, str(v)[:6000]) for name, v in flat_items(params, ".", prefix)]
         for i in range(0, len(items), 100):
             mlflow.log_params(dict(items[i : i + 100]), run_id=self.run_id)
 

@@ -23,14 +23,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TsneConfig:
-    """conf/tsne/*.yaml: sklearn TSNE settings and the subsample size."""
+    """conf/tsne/*.yaml: sklearn TSNE settings and the subsample size (no defaults: conf/ has them)."""
 
-    perplexity: float = 30.0
+    perplexity: float
     # Stratified subsample of the test set (t-SNE is O(n log n) but slow past a few thousand).
-    max_points: int = 3000
-    learning_rate: float | str = "auto"
-    max_iter: int = 1000
-    log1p: bool = True
+    max_points: int
+    learning_rate: float | str
+    max_iter: int
+    log1p: bool
 
     def __post_init__(self) -> None:
         if self.perplexity <= 0:

@@ -15,8 +15,11 @@ import pytest
 
 from iotwatch.flowmeter import FlowConfig, meter_captures
 from iotwatch.flowmeter import _meter_kernels as K
-from iotwatch.flowmeter.meter import FlowMeter, _in_networks, _prefetch, _string_array
+from iotwatch.flowmeter.arrow_table import _string_array
+from iotwatch.flowmeter.engine import FlowMeter
+from iotwatch.flowmeter.orient import _in_networks
 from iotwatch.flowmeter.packets import PacketBatch
+from iotwatch.flowmeter.prefetch import _prefetch
 
 NS = 1_000_000_000
 MAPPED = 0xFFFF << 32
@@ -258,8 +261,8 @@ def test_streamed_parquet_equals_table(
     import pyarrow.parquet as pq
     from tests.flowmeter.handmade import T0, connection, tcp, write_pcap
 
-    from iotwatch.flowmeter import meter as M
     from iotwatch.flowmeter import meter_captures
+    from iotwatch.flowmeter import parquet as P
 
     # a long capture: 200 connections 3 s apart (ports reused), a slow trickle through it all
     pk = []
@@ -275,7 +278,7 @@ def test_streamed_parquet_equals_table(
     path = write_pcap(tmp_path / "long.pcap", pk)
     cfg = dataclasses.replace(FlowConfig(), idle_timeout=5.0, active_timeout=20.0)
     whole = meter_captures([path], cfg).table
-    monkeypatch.setattr(M, "STREAM_ROWS", 4)
+    monkeypatch.setattr(P, "STREAM_ROWS", 4)
     out = tmp_path / "s.parquet"
     res = meter_captures([path], cfg, chunk_packets=16, out=out)
     assert res.table is None and res.rows == whole.num_rows > 200
@@ -296,8 +299,9 @@ def test_several_captures_streamed_in_global_order(
     import pyarrow.parquet as pq
     from tests.flowmeter.handmade import T0, connection, tcp, write_pcap
 
-    from iotwatch.flowmeter import meter as M
     from iotwatch.flowmeter import meter_captures
+    from iotwatch.flowmeter import parquet as P
+    from iotwatch.flowmeter import runs as R
 
     a = write_pcap(
         tmp_path / "a.pcap",
@@ -310,9 +314,9 @@ def test_several_captures_streamed_in_global_order(
     c = write_pcap(tmp_path / "c.pcap", [tcp(T0 + 1, "10.0.0.7", "10.0.0.1", 7, 7, "A", 1)])
     cfg = FlowConfig()
     whole = meter_captures([a, b, c], cfg).table
-    monkeypatch.setattr(M, "MERGE_ROWS", batch)
-    monkeypatch.setattr(M, "MERGE_MIN_BATCH", 1)
-    monkeypatch.setattr(M, "ROW_GROUP", 2)
+    monkeypatch.setattr(R, "MERGE_ROWS", batch)
+    monkeypatch.setattr(R, "MERGE_MIN_BATCH", 1)
+    monkeypatch.setattr(P, "ROW_GROUP", 2)
     out = tmp_path / "all.parquet"
     res = meter_captures([a, b, c], cfg, out=out)
     assert res.table is None and res.rows == whole.num_rows == 22
@@ -326,7 +330,7 @@ def test_packed_features_resolution_and_saturation(tmp_path: Path) -> None:
     from tests.flowmeter.handmade import DEV_IP, SRV_IP, T0, tcp, write_pcap
 
     from iotwatch.flowmeter import meter_captures
-    from iotwatch.flowmeter.meter import feature_resolution
+    from iotwatch.flowmeter.flowtable import feature_resolution
 
     assert feature_resolution(600 * 10**9) == 1
     assert feature_resolution((1 << K.FEATURE_TIME_BITS) - 1) == 1
@@ -432,7 +436,7 @@ def test_failed_streaming_run_leaves_no_table(tmp_path: Path, captures: int) -> 
 def test_pool_growth_keeps_swept_slots() -> None:
     """A pool that grows after a sweep freed a few slots keeps them on its free stack, which
     stays as long as the pool (the kernels push freed slots up to its capacity)."""
-    from iotwatch.flowmeter.meter import _Pool
+    from iotwatch.flowmeter.flowtable import _Pool
 
     pool = _Pool(2, 8, 4)
     pool.st[K.S_FREE] = 2  # six slots in use, slots 6 and 7 free (a sweep freed them)

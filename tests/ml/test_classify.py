@@ -22,6 +22,18 @@ from iotwatch.config import from_dict
 from iotwatch.errors import ConfigError, InputError
 
 REPO = Path(__file__).resolve().parents[2]
+# conf/classify/default.yaml's search settings, switched off: ClassifyConfig has no defaults.
+OPTUNA_OFF = {
+    **yaml.safe_load((REPO / "conf/classify/default.yaml").read_text())["optuna"],
+    "enabled": False,
+}
+
+
+def classify_config(data: dict, where: str = "classify") -> ClassifyConfig:
+    """``data`` (models, part of optuna) completed with OPTUNA_OFF, typed."""
+    return from_dict(
+        ClassifyConfig, {**data, "optuna": {**OPTUNA_OFF, **data.get("optuna", {})}}, where
+    )
 
 
 @pytest.mark.parametrize("name", ["default", "tiny"])
@@ -60,18 +72,17 @@ def test_conf_files_load(name) -> None:
 )
 def test_config_errors_are_clean(data, pattern) -> None:
     with pytest.raises(ConfigError, match=pattern):
-        from_dict(ClassifyConfig, data, "classify")
+        classify_config(data)
 
 
 def test_bad_estimator_param_is_config_error() -> None:
-    cfg = from_dict(ClassifyConfig, {"models": {"svm": {"params": {"Cee": 1}}}}, "classify")
+    cfg = classify_config({"models": {"svm": {"params": {"Cee": 1}}}})
     with pytest.raises(ConfigError, match=r"classify\.models\.svm\.params"):
         make_pipeline("svm", cfg.models["svm"], seed=0)
 
 
 def test_pipeline_steps_and_seed() -> None:
-    cfg = from_dict(
-        ClassifyConfig,
+    cfg = classify_config(
         {
             "models": {
                 "mlp": {"log1p": True, "scale": True, "params": {"hidden_layer_sizes": "8,4"}}
@@ -105,7 +116,7 @@ def _fitted(kind: str):
         "knn": {"log1p": True, "scale": True},
         "mlp": {"scale": True, "params": {"max_iter": 20, "hidden_layer_sizes": [4]}},
     }
-    cfg = from_dict(ClassifyConfig, {"models": {kind: models[kind]}})
+    cfg = classify_config({"models": {kind: models[kind]}})
     return make_pipeline(kind, cfg.models[kind], 0).fit(x, y), x
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from iotwatch.config import from_dict
+from iotwatch.context import StageContext
 from iotwatch.errors import ConfigError, InputError
 from iotwatch.features import (
     META_COLUMNS,
@@ -142,6 +145,15 @@ def test_config_errors_are_clean(data, pattern) -> None:
         from_dict(FeaturesConfig, data, "features")
 
 
+def _dataset(ground_truth: Path | None = None) -> DatasetConfig:
+    """The dataset section the features stage reads (only ground_truth matters here)."""
+    return DatasetConfig(
+        name="test", generate=[], captures=Path("captures"), malicious=None,
+        inventory=Path("inventory.csv"), inventory_format="csv", ground_truth=ground_truth,
+        local_networks=[],
+    )  # fmt: skip
+
+
 def test_run_writes_tables_and_malicious(tmp_path, paths, flows_factory) -> None:
     flows = flows_factory(per_class=30, unknown=5)
     flows = pd.concat([flows, flows_factory(per_class=3, classes={"rare": (50.0, 50.0, 1.0)})])
@@ -165,9 +177,10 @@ def test_run_writes_tables_and_malicious(tmp_path, paths, flows_factory) -> None
         ]  # fmt: skip
     ).to_csv(gt_path, index=False)
     sr = StageRun("features", paths.metrics_dir, None)
-    m = run(FeaturesConfig(), paths, DatasetConfig(ground_truth=gt_path), 0, sr)
+    m = run(FeaturesConfig(), StageContext(paths, _dataset(gt_path), 0), sr)
     assert m["dropped_classes"] == {"rare": 3}
-    assert m["train"]["flows"] + m["test"]["flows"] == 90
+    parts = ("train", "validation", "test", "devices")
+    assert sum(m[p]["flows"] for p in parts) == 90
     assert m["test"]["per_class"] == {"bulb": 6, "camera": 6, "plug": 6}
     assert m["malicious"]["matched"] == 1 and m["malicious"]["unmatched"] == 5
     assert m["malicious"]["per_attack"] == {"scan": 1}
@@ -179,7 +192,7 @@ def test_run_writes_tables_and_malicious(tmp_path, paths, flows_factory) -> None
 def test_run_without_malicious_writes_empty_schema(paths, flows_factory) -> None:
     paths.flows.parent.mkdir(parents=True)
     flows_factory(per_class=20).to_parquet(paths.flows)
-    run(FeaturesConfig(), paths, DatasetConfig(), 0, StageRun("features", None, None))
+    run(FeaturesConfig(), StageContext(paths, _dataset(), 0), StageRun("features", None, None))
     mal = pd.read_parquet(paths.features_malicious)
     assert len(mal) == 0
     assert list(mal.columns) == list(empty_malicious(10).columns)
@@ -188,4 +201,25 @@ def test_run_without_malicious_writes_empty_schema(paths, flows_factory) -> None
 
 def test_run_missing_flows_is_input_error(paths) -> None:
     with pytest.raises(InputError, match="flows.parquet"):
-        run(FeaturesConfig(), paths, DatasetConfig(), 0, StageRun("features", None, None))
+        run(
+            FeaturesConfig(),
+            StageContext(paths, _dataset(), 0),
+            StageRun("features", None, None),
+        )
+
+
+def test_tables_are_written_whole_or_not_at_all(tmp_path, flows_factory) -> None:
+    from iotwatch.features import _write
+    from iotwatch.flowmeter.schema import replacing
+
+    table = build_features(flows_factory(per_class=5), 10, "device_type", "flows")
+    path = tmp_path / "sub" / "train.parquet"
+    _write(table, path)
+    back = pd.read_parquet(path)
+    pd.testing.assert_frame_equal(back, table)
+    assert [p.name for p in path.parent.iterdir()] == ["train.parquet"]  # no temporary left
+    with pytest.raises(RuntimeError), replacing(path) as tmp:
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("writer failed")
+    pd.testing.assert_frame_equal(pd.read_parquet(path), table)  # the old file is untouched
+    assert [p.name for p in path.parent.iterdir()] == ["train.parquet"]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import struct
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -146,39 +144,70 @@ def test_flow_counts_match_flow_meter(tiny: tuple[Path, dict]) -> None:
         assert 10 <= m["malicious_flows_per_device"][dtype] <= 200
 
 
-def test_ground_truth_matches_malicious_flows(tiny: tuple[Path, dict]) -> None:
+@pytest.mark.parametrize(
+    "timeouts",
+    [(600.0, 600.0), (2.0, 20.0)],  # the method's, and short ones that cut connections up
+)
+def test_ground_truth_labels_every_malicious_flow(
+    tiny: tuple[Path, dict], timeouts: tuple[float, float]
+) -> None:
+    """One ground-truth row per attack connection: whatever the flow timeouts, every metered
+    malicious flow (TCP and UDP) matches, exactly, the row of the connection it was cut from."""
+    import numpy as np
+
+    from iotwatch.features import match_ground_truth, read_ground_truth
     from iotwatch.flowmeter import meter_captures
     from iotwatch.flowmeter.config import FlowConfig
 
     out, m = tiny
     inv = read_inventory_csv(out / "inventory.csv")
-    cfg = FlowConfig(protocols=["tcp", "udp"])
+    gt = read_ground_truth(out / "ground_truth.csv")
+    assert set(gt["device_type"]) == DEVICE_TYPES
+    idle, active = timeouts
+    cfg = FlowConfig(protocols=["tcp", "udp"], idle_timeout=idle, active_timeout=active)
     df = meter_captures(sorted((out / "malicious").glob("*.pcap")), cfg, inv).table.to_pandas()
-    found = {
-        (r.dev_ip, int(r.dev_port), r.peer_ip, int(r.peer_port), round(float(r.start), 3))
-        for r in df.itertuples()
-    }
-    with (out / "ground_truth.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    devices = {d.ip for d in inv.devices}
-    truth = set()
-    per_attack: dict[str, int] = defaultdict(int)
-    for r in rows:
-        assert r["device_type"] in DEVICE_TYPES
-        dev_is_src = r["src_ip"] in devices
-        dev = (r["src_ip"], int(r["src_port"])) if dev_is_src else (r["dst_ip"], int(r["dst_port"]))
-        peer = (
-            (r["dst_ip"], int(r["dst_port"])) if dev_is_src else (r["src_ip"], int(r["src_port"]))
-        )
-        truth.add((*dev, *peer, round(float(r["start"]), 3)))
-        assert float(r["end"]) >= float(r["start"])
-        if r["proto"] == "tcp":
-            per_attack[r["attack_type"]] += 1
-    assert truth == found
-    assert {k: v for k, v in m["malicious_flows_per_attack"].items() if v} == dict(per_attack)
-    assert {"telnet_bruteforce", "telnet_shell", "cnc", "scan", "syn_flood", "http_flood"} <= set(
-        per_attack
+    assert len(df) >= len(gt)
+    idx = match_ground_truth(df, gt, tolerance_s=1e-6).to_numpy()  # float epoch seconds
+    assert (idx >= 0).all()  # every flow is attack traffic of a known connection
+    assert set(idx) == set(range(len(gt)))  # and every connection has flows
+    row = gt.iloc[idx].reset_index(drop=True)
+    # the flow lies inside its connection's window and belongs to its device
+    assert (df["start"].to_numpy() >= row["start"].to_numpy() - 1e-6).all()
+    assert (df["end"].to_numpy() <= row["end"].to_numpy() + 1e-6).all()
+    assert (df["device_type"].to_numpy() == row["device_type"].to_numpy()).all()
+    telnet = row["attack_type"].str.startswith("telnet_").to_numpy()
+    assert np.isin(df["dev_port"].to_numpy()[telnet], [23, 2323]).all()
+    assert (df["peer_port"].to_numpy()[(row["attack_type"] == "cnc").to_numpy()] == 6667).all()
+    if timeouts == (600.0, 600.0):
+        tcp = (df["proto"] == 6).to_numpy()
+        per_attack = row["attack_type"][tcp].value_counts().to_dict()
+        assert {k: v for k, v in m["malicious_flows_per_attack"].items() if v} == per_attack
+        assert m["malicious_flows_unmatched"] == 0
+        assert {"telnet_bruteforce", "telnet_shell", "cnc", "scan", "syn_flood",
+                "http_flood"} <= set(per_attack)  # fmt: skip
+    else:
+        assert len(df) > len(gt)  # the short timeouts did cut connections into several flows
+
+
+def test_flow_metrics_follow_the_flow_config(tiny: tuple[Path, dict]) -> None:
+    from iotwatch.flowmeter import meter_captures
+    from iotwatch.flowmeter.config import FlowConfig
+    from iotwatch.synth.dataset import flow_metrics
+
+    out, m = tiny
+    inv = read_inventory_csv(out / "inventory.csv")
+    benign = sorted((out / "benign").glob("*.pcap"))
+    malicious = sorted((out / "malicious").glob("*.pcap"))
+    cfg = FlowConfig(idle_timeout=5.0, active_timeout=30.0)
+    got = flow_metrics(
+        benign, malicious, out / "ground_truth.csv", inv, sorted(DEVICE_TYPES), 7, cfg
     )
+    counts = meter_captures(benign, cfg, inv).table.to_pandas()["device_type"].value_counts()
+    assert got["flows_per_device"] == counts.to_dict()
+    assert sum(got["flows_per_device"].values()) > sum(m["flows_per_device"].values())
+    mal = meter_captures(malicious, cfg, inv).table
+    assert sum(got["malicious_flows_per_attack"].values()) == mal.num_rows
+    assert got["malicious_flows_unmatched"] == 0
 
 
 def test_same_seed_same_bytes_other_seed_differs(tiny: tuple[Path, dict], tmp_path: Path) -> None:
@@ -253,7 +282,15 @@ def test_config_errors_are_clean(tmp_path: Path, patch: dict, needle: str) -> No
     data = yaml.safe_load(
         (Path(__file__).resolve().parents[2] / "conf/synth/tiny.yaml").read_text()
     )
-    data.update(patch)
+
+    def merge(into: dict, change: dict) -> None:  # the profile with only the patched keys changed
+        for k, v in change.items():
+            if isinstance(v, dict) and isinstance(into.get(k), dict):
+                merge(into[k], v)
+            else:
+                into[k] = v
+
+    merge(data, patch)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=needle):

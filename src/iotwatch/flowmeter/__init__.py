@@ -10,10 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from iotwatch.flowmeter.config import FlowConfig, load_profile
+    from iotwatch.flowmeter.frames import batch_from_frames
     from iotwatch.flowmeter.meter import FlowResult, meter_captures
+    from iotwatch.flowmeter.packets import PacketBatch, ReadStats
     from iotwatch.flowmeter.schema import feature_columns
+    from iotwatch.flowmeter.stream import FlowStream, iter_flows
 
-__all__ = ["FlowConfig", "FlowResult", "feature_columns", "load_profile", "meter_captures"]
+__all__ = ["FlowConfig", "FlowResult", "FlowStream", "PacketBatch", "ReadStats",
+           "batch_from_frames", "feature_columns", "iter_flows", "load_profile",
+           "meter_captures"]  # fmt: skip
 
 _WHERE = {
     "FlowConfig": "iotwatch.flowmeter.config",
@@ -21,6 +26,11 @@ _WHERE = {
     "FlowResult": "iotwatch.flowmeter.meter",
     "meter_captures": "iotwatch.flowmeter.meter",
     "feature_columns": "iotwatch.flowmeter.schema",
+    "FlowStream": "iotwatch.flowmeter.stream",
+    "iter_flows": "iotwatch.flowmeter.stream",
+    "batch_from_frames": "iotwatch.flowmeter.frames",
+    "PacketBatch": "iotwatch.flowmeter.packets",
+    "ReadStats": "iotwatch.flowmeter.packets",
 }
 
 

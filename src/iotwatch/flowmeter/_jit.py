@@ -27,7 +27,8 @@ from iotwatch.errors import ConfigError
 HERE = Path(__file__).resolve().parent
 # what the compiled module depends on: the kernels, the signatures the build declares, and the
 # modules that allocate the arrays the kernels are called with (their dtypes and layouts)
-SOURCES = ("_decode.py", "_meter_kernels.py", "build_aot.py", "meter.py", "reader.py")
+SOURCES = ("_decode.py", "_meter_kernels.py", "build_aot.py", "reader.py", "engine.py",
+           "flowtable.py", "reorder.py", "arrow_table.py")  # fmt: skip
 
 
 def _cpu_id() -> bytes:

@@ -1,6 +1,6 @@
 """Slow reference reader built on scapy: yields the same ``PacketBatch`` as the real reader.
 
-Used by tests as an independent decoder and as a stand-in; one Python dissection per packet, so
+Used by tests as an independent decoder; one Python dissection per packet, so
 only for small captures.
 """
 

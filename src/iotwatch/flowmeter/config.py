@@ -16,7 +16,12 @@ TIMESTAMP_UNITS_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 
 @dataclass
 class FlowConfig:
-    """How packets become flows; every field is a key of conf/flows/*.yaml."""
+    """How packets become flows; every field but ``local_networks`` is a key of conf/flows/*.yaml.
+
+    The defaults are conf/flows/default.yaml's values, for library callers (``FlowConfig()``);
+    tests/test_config_source.py fails when the two differ. The pipeline and ``load_profile``
+    never use them: every key must be in the profile.
+    """
 
     # IP protocols that make flows: names (tcp, udp, icmp, ...), numbers, or ``all``.
     protocols: list[str] = field(default_factory=lambda: ["tcp"])
@@ -36,7 +41,13 @@ class FlowConfig:
     # Value of the size and iat features a flow with fewer than N packets in a direction lacks.
     pad_value: float = 0.0
     # CIDRs whose addresses are devices (used with the inventory to decide the device side).
-    local_networks: list[str] = field(default_factory=list)
+    # Not a key of conf/flows/*.yaml: a property of the monitored network, not of the flow
+    # definition; its one home is dataset.local_networks (the flows stage copies it here),
+    # `iotwatch flows --local-net` on the command line.
+    local_networks: list[str] = field(
+        default_factory=list,
+        metadata={"conf": False, "home": "dataset.local_networks (or iotwatch flows --local-net)"},
+    )
     # Timestamps are truncated to this unit before anything else (NFStream works in ms).
     timestamp_unit: Literal["ns", "us", "ms", "s"] = "ns"
     # Timeouts compare with ">=" (NFStream) rather than ">" (the method's "longer than").
@@ -83,6 +94,6 @@ class FlowConfig:
 
 
 def load_profile(name_or_path: str | Path = "default") -> FlowConfig:
-    """Load a flow profile: a name in conf/flows/ or a path to a YAML file."""
+    """Load a flow profile: a name in conf/flows/ or a path to a YAML file (every key given)."""
     path = find_profile("flows", name_or_path)
-    return from_dict(FlowConfig, read_yaml_mapping(path), where=str(path))
+    return from_dict(FlowConfig, read_yaml_mapping(path), where=str(path), strict=True)

@@ -1,6 +1,12 @@
-"""The flow table's schema: one row per bidirectional flow (documented in docs/flows.md)."""
+"""The flow table's schema (one row per bidirectional flow, documented in docs/flows.md) and
+the one way tables reach disk: Parquet written to a temporary file renamed into place."""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -15,6 +21,14 @@ def feature_columns(n: int) -> list[str]:
         + [f"iat_sent_{i}" for i in range(1, n)]
         + [f"iat_recv_{i}" for i in range(1, n)]
     )
+
+
+def feature_fields(n: int) -> list[pa.Field]:
+    """The feature columns with their types: sizes are int32, inter-arrival times float64."""
+    return [
+        pa.field(name, pa.int32() if name.startswith("size_") else pa.float64())
+        for name in feature_columns(n)
+    ]
 
 
 def base_fields() -> list[pa.Field]:
@@ -49,7 +63,39 @@ def base_fields() -> list[pa.Field]:
 
 def flow_schema(n: int) -> pa.Schema:
     """The full flow table schema for N feature packets per direction."""
-    fields = base_fields()
-    for name in feature_columns(n):
-        fields.append(pa.field(name, pa.int32() if name.startswith("size") else pa.float64()))
-    return pa.schema(fields, metadata={"iotwatch.flows.n_packets": str(n)})
+    return pa.schema(
+        base_fields() + feature_fields(n), metadata={"iotwatch.flows.n_packets": str(n)}
+    )
+
+
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary path next to ``path``, renamed onto ``path`` when the block exits normally
+    and left a file there. An error, or a block that removed the file, leaves ``path`` as it
+    was and no temporary file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        if tmp.exists():
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Dictionary-encode only the string columns: on numeric and feature columns (mostly
+    distinct values) it costs half the write time and makes the file larger, not smaller."""
+    return [
+        f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+    ]
+
+
+def write_parquet(table: pa.Table, path: str | Path) -> None:
+    """Write a table (flows or features) as Parquet: parent folders created, string columns
+    dictionary-encoded, written whole to a temporary file and then renamed into place."""
+    import pyarrow.parquet as pq
+
+    with replacing(path) as tmp:
+        pq.write_table(table, tmp, use_dictionary=dictionary_columns(table.schema))

@@ -38,21 +38,25 @@ class Params:
 
     def typed(self, name: str, cls: type) -> Any:
         """Build the dataclass ``cls`` from section ``name`` (clear error when wrong)."""
-        return from_dict(cls, self.sections.get(name), f"{self.source}: {name}")
+        return from_dict(cls, self.sections.get(name), f"{self.source}: {name}", strict=True)
 
 
 def params_from_dict(data: dict[str, Any], source: str = "params.yaml") -> Params:
     """Type the shared sections of a composed configuration."""
-    seed = data.get("seed", 0)
+    seed = data.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"{source}: seed must be an integer, got {seed!r}")
     return Params(
         seed=seed,
         tracking=from_dict(
-            TrackingConfig, section(data, "tracking", source), f"{source}: tracking"
+            TrackingConfig, section(data, "tracking", source), f"{source}: tracking", strict=True
         ),
-        paths=from_dict(PathsConfig, section(data, "paths", source), f"{source}: paths"),
-        dataset=from_dict(DatasetConfig, section(data, "dataset", source), f"{source}: dataset"),
+        paths=from_dict(
+            PathsConfig, section(data, "paths", source), f"{source}: paths", strict=True
+        ),
+        dataset=from_dict(
+            DatasetConfig, section(data, "dataset", source), f"{source}: dataset", strict=True
+        ),
         sections={k: v for k, v in data.items() if isinstance(v, dict)},
         source=source,
     )
@@ -101,6 +105,10 @@ STAGES: dict[str, Stage] = {
     "classify": Stage(
         "iotwatch.classify", "ClassifyConfig", "classify", "device-recognition", ("classify",),
         ("classifier", "plots_dir"),
+    ),
+    "anomaly": Stage(
+        "iotwatch.anomaly.stage", "AnomalyConfig", "anomaly", "behaviour", ("anomaly",),
+        ("anomaly_models", "anomaly_plots"),
     ),
     "report": Stage("iotwatch.report", None, None, "report", (), ("report",)),
 }  # fmt: skip

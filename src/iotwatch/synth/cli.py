@@ -48,7 +48,5 @@ def main(argv: list[str]) -> int:
     print(f"  benign TCP flows per device: {m['flows_per_device']}")
     print(f"  malicious TCP flows per attack: {m['malicious_flows_per_attack']}")
     print(f"  malicious TCP flows per device: {m['malicious_flows_per_device']}")
-    print(
-        f"  best one-feature stump accuracy: {m['stump_accuracy']} ({m['stump_feature']}, {m['stump_source']})"
-    )
+    print(f"  best one-feature stump accuracy: {m['stump_accuracy']} ({m['stump_feature']})")
     return 0

@@ -1,13 +1,14 @@
 """Synthesizer configuration: a dataclass tree whose fields are exactly the keys of conf/synth/*.yaml.
 
-Defaults here are only fallbacks; conf/synth/default.yaml is the file people edit. Ranges are
-two-element lists ``[low, high]`` drawn uniformly (integers inclusive).
+No defaults: conf/synth/*.yaml is the one place values live, and every profile spells out every
+key (a device's ``camera``/``sensor``/``tplink`` section only where its type needs it). Ranges
+are two-element lists ``[low, high]`` drawn uniformly (integers inclusive).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 DeviceType = Literal["nest_camera", "dlink_motion_sensor", "tplink_bulb", "tplink_plug"]
@@ -51,21 +52,21 @@ class Endpoint:
 class NetworkConfig:
     """The home network and the background hosts every device talks to."""
 
-    gateway: Endpoint = field(default_factory=lambda: Endpoint("c4:e9:84:10:20:01", "192.168.1.1"))
-    phone: Endpoint = field(default_factory=lambda: Endpoint("3c:28:6d:5a:11:42", "192.168.1.23"))
-    dns_server: str = "192.168.1.1"
-    dns_ttl_s: list[float] = field(default_factory=lambda: [300.0, 3600.0])
-    ntp_servers: list[str] = field(default_factory=lambda: ["216.239.35.0", "129.6.15.28"])
-    mss: int = 1460
-    wan_rtt_ms: list[float] = field(default_factory=lambda: [18.0, 70.0])
-    lan_rtt_ms: list[float] = field(default_factory=lambda: [1.0, 6.0])
-    ack_delay_ms: list[float] = field(default_factory=lambda: [0.1, 40.0])
-    uplink_kbps: float = 4000.0
-    downlink_kbps: float = 30000.0
-    retransmit_prob: float = 0.003
-    rto_ms: list[float] = field(default_factory=lambda: [200.0, 1200.0])
-    window_update_prob: float = 0.05
-    ttl_wan: list[int] = field(default_factory=lambda: [44, 58])
+    gateway: Endpoint
+    phone: Endpoint
+    dns_server: str
+    dns_ttl_s: list[float]
+    ntp_servers: list[str]
+    mss: int
+    wan_rtt_ms: list[float]
+    lan_rtt_ms: list[float]
+    ack_delay_ms: list[float]
+    uplink_kbps: float
+    downlink_kbps: float
+    retransmit_prob: float
+    rto_ms: list[float]
+    window_update_prob: float
+    ttl_wan: list[int]
 
     def __post_init__(self) -> None:
         _check_ip("dns_server", self.dns_server)
@@ -87,18 +88,18 @@ class NetworkConfig:
 class CloudConfig:
     """A vendor cloud service reached over TLS (persistent session or short connections)."""
 
-    hostname: str = "cloud.example.com"
-    ips: list[str] = field(default_factory=lambda: ["52.1.2.3"])
-    port: int = 443
-    keepalive_s: list[float] = field(default_factory=lambda: [25.0, 35.0])
-    keepalive_bytes_out: list[int] = field(default_factory=lambda: [40, 90])
-    keepalive_bytes_in: list[int] = field(default_factory=lambda: [40, 90])
-    session_h: list[float] = field(default_factory=lambda: [2.0, 12.0])
-    rst_close_prob: float = 0.3
-    tls_client_hello: list[int] = field(default_factory=lambda: [180, 320])
-    tls_server_flight: list[int] = field(default_factory=lambda: [2800, 4800])
-    tls_client_finish: list[int] = field(default_factory=lambda: [90, 140])
-    tls_server_finish: list[int] = field(default_factory=lambda: [50, 280])
+    hostname: str
+    ips: list[str]
+    port: int
+    keepalive_s: list[float]
+    keepalive_bytes_out: list[int]
+    keepalive_bytes_in: list[int]
+    session_h: list[float]
+    rst_close_prob: float
+    tls_client_hello: list[int]
+    tls_server_flight: list[int]
+    tls_client_finish: list[int]
+    tls_server_finish: list[int]
 
     def __post_init__(self) -> None:
         if not self.ips:
@@ -120,12 +121,12 @@ class CloudConfig:
 class CameraConfig:
     """Security camera: continuous low-rate video upload plus motion-triggered bursts."""
 
-    idle_kbps: list[float] = field(default_factory=lambda: [6.0, 10.0])
-    chunk_s: list[float] = field(default_factory=lambda: [3.0, 5.0])
-    motion_per_h: float = 1.0
-    motion_s: list[float] = field(default_factory=lambda: [20.0, 90.0])
-    motion_kbps: list[float] = field(default_factory=lambda: [200.0, 400.0])
-    record_bytes: int = 16384
+    idle_kbps: list[float]
+    chunk_s: list[float]
+    motion_per_h: float
+    motion_s: list[float]
+    motion_kbps: list[float]
+    record_bytes: int
 
     def __post_init__(self) -> None:
         for name in ("idle_kbps", "chunk_s", "motion_s", "motion_kbps"):
@@ -138,13 +139,13 @@ class CameraConfig:
 class SensorConfig:
     """Motion sensor: event notifications and periodic status reports on short TLS connections."""
 
-    motion_per_h: float = 1.5
-    event_cloud: CloudConfig = field(default_factory=CloudConfig)
-    event_bytes_out: list[int] = field(default_factory=lambda: [300, 700])
-    event_bytes_in: list[int] = field(default_factory=lambda: [150, 400])
-    status_s: list[float] = field(default_factory=lambda: [3000.0, 4200.0])
-    status_bytes_out: list[int] = field(default_factory=lambda: [500, 1200])
-    status_bytes_in: list[int] = field(default_factory=lambda: [100, 300])
+    motion_per_h: float
+    event_cloud: CloudConfig
+    event_bytes_out: list[int]
+    event_bytes_in: list[int]
+    status_s: list[float]
+    status_bytes_out: list[int]
+    status_bytes_in: list[int]
 
     def __post_init__(self) -> None:
         for name in (
@@ -163,14 +164,14 @@ class SensorConfig:
 class TplinkConfig:
     """TP-Link Kasa device: local control on TCP 9999 from the phone app, UDP discovery."""
 
-    kind: Literal["bulb", "plug"] = "plug"
-    model: str = "HS110(EU)"
-    alias: str = "Kasa device"
-    app_sessions_per_h: float = 0.4
-    polls_per_session: list[int] = field(default_factory=lambda: [2, 12])
-    poll_gap_s: list[float] = field(default_factory=lambda: [1.0, 5.0])
-    commands_per_session: list[int] = field(default_factory=lambda: [0, 3])
-    local_port: int = 9999
+    kind: Literal["bulb", "plug"]
+    model: str
+    alias: str
+    app_sessions_per_h: float
+    polls_per_session: list[int]
+    poll_gap_s: list[float]
+    commands_per_session: list[int]
+    local_port: int
 
     def __post_init__(self) -> None:
         for name in ("polls_per_session", "poll_gap_s", "commands_per_session"):
@@ -187,8 +188,8 @@ class DeviceConfig:
     device_type: DeviceType
     mac: str
     ip: str
-    cloud: CloudConfig = field(default_factory=CloudConfig)
-    ntp_s: list[float] = field(default_factory=lambda: [3000.0, 4000.0])
+    cloud: CloudConfig
+    ntp_s: list[float]
     camera: CameraConfig | None = None
     sensor: SensorConfig | None = None
     tplink: TplinkConfig | None = None
@@ -211,88 +212,84 @@ class DeviceConfig:
 class BruteforceConfig:
     """Mirai-style telnet dictionary attack, ending in a successful login and busybox commands."""
 
-    attempts: list[int] = field(default_factory=lambda: [8, 20])
-    ports: list[int] = field(default_factory=lambda: [23, 2323])
-    gap_s: list[float] = field(default_factory=lambda: [0.5, 6.0])
-    credentials: list[list[str]] = field(
-        default_factory=lambda: [["root", "xc3511"], ["admin", "admin"], ["root", "vizxv"]]
-    )
-    commands: list[str] = field(
-        default_factory=lambda: ["enable", "system", "shell", "sh", "/bin/busybox MIRAI"]
-    )
+    attempts: list[int]
+    ports: list[int]
+    gap_s: list[float]
+    credentials: list[list[str]]
+    commands: list[str]
 
 
 @dataclass
 class DownloadConfig:
     """Payload download after login: wget over HTTP and/or tftp over UDP."""
 
-    wget: bool = True
-    tftp: bool = True
-    binary_bytes: list[int] = field(default_factory=lambda: [40000, 120000])
-    path: str = "/bins/mirai.arm7"
+    wget: bool
+    tftp: bool
+    binary_bytes: list[int]
+    path: str
 
 
 @dataclass
 class CncConfig:
     """IRC-like command-and-control session with periodic PINGs."""
 
-    port: int = 6667
-    duration_s: list[float] = field(default_factory=lambda: [3600.0, 10800.0])
-    ping_s: list[float] = field(default_factory=lambda: [60.0, 180.0])
-    channel: str = "#bots"
+    port: int
+    duration_s: list[float]
+    ping_s: list[float]
+    channel: str
 
 
 @dataclass
 class ScanConfig:
     """Telnet scanning of random addresses: SYN, sometimes answered with RST."""
 
-    episodes: int = 2
-    probes: list[int] = field(default_factory=lambda: [50, 90])
-    rate_pps: float = 20.0
-    rst_prob: float = 0.3
-    ports: list[int] = field(default_factory=lambda: [23, 2323])
+    episodes: int
+    probes: list[int]
+    rate_pps: float
+    rst_prob: float
+    ports: list[int]
 
 
 @dataclass
 class FloodConfig:
     """One flood kind: episodes of packets from random source ports at a given rate."""
 
-    episodes: int = 1
-    packets: list[int] = field(default_factory=lambda: [40, 80])
-    rate_pps: float = 100.0
-    dport: int = 80
-    payload_bytes: list[int] = field(default_factory=lambda: [0, 0])
+    episodes: int
+    packets: list[int]
+    rate_pps: float
+    dport: int
+    payload_bytes: list[int]
 
 
 @dataclass
 class HttpFloodConfig:
     """HTTP GET flood: full TCP connections sending GET requests to a victim web server."""
 
-    episodes: int = 1
-    connections: list[int] = field(default_factory=lambda: [15, 35])
-    requests_per_connection: list[int] = field(default_factory=lambda: [1, 4])
-    response_bytes: list[int] = field(default_factory=lambda: [300, 5000])
+    episodes: int
+    connections: list[int]
+    requests_per_connection: list[int]
+    response_bytes: list[int]
 
 
 @dataclass
 class AttackConfig:
     """Malicious traffic played to and from each compromised device."""
 
-    enabled: bool = True
-    targets: list[str] = field(default_factory=list)  # device names; empty = every device
-    start_frac: list[float] = field(default_factory=lambda: [0.55, 0.9])  # of the capture span
-    attacker_ips: list[str] = field(default_factory=lambda: ["185.220.101.7", "45.95.147.33"])
-    loader_ip: str = "198.51.100.66"
-    cnc_ip: str = "203.0.113.77"
-    victim_ips: list[str] = field(default_factory=lambda: ["93.184.216.34", "104.16.3.9"])
-    bruteforce: BruteforceConfig = field(default_factory=BruteforceConfig)
-    download: DownloadConfig = field(default_factory=DownloadConfig)
-    cnc: CncConfig = field(default_factory=CncConfig)
-    scan: ScanConfig = field(default_factory=ScanConfig)
-    syn_flood: FloodConfig = field(default_factory=FloodConfig)
-    ack_flood: FloodConfig = field(default_factory=lambda: FloodConfig(payload_bytes=[512, 512]))
-    udp_flood: FloodConfig = field(default_factory=lambda: FloodConfig(payload_bytes=[512, 512]))
-    http_flood: HttpFloodConfig = field(default_factory=HttpFloodConfig)
+    enabled: bool
+    targets: list[str]  # device names; empty = every device
+    start_frac: list[float]  # of the capture span
+    attacker_ips: list[str]
+    loader_ip: str
+    cnc_ip: str
+    victim_ips: list[str]
+    bruteforce: BruteforceConfig
+    download: DownloadConfig
+    cnc: CncConfig
+    scan: ScanConfig
+    syn_flood: FloodConfig
+    ack_flood: FloodConfig
+    udp_flood: FloodConfig
+    http_flood: HttpFloodConfig
 
     def __post_init__(self) -> None:
         _check_range("start_frac", self.start_frac)
@@ -308,15 +305,15 @@ class AttackConfig:
 class SynthConfig:
     """The whole synthetic smart home: time span, network, devices, day profile, attacks."""
 
-    seed: int = 42
-    days: float = 7.0
-    start_epoch: int = 1709251200  # 2024-03-01 00:00:00 UTC: a fixed start, never the clock
-    utc_offset_h: float = 0.0  # local time = UTC + offset, for the day/night profile
-    activity_by_hour: list[float] = field(default_factory=lambda: [1.0] * 24)
-    snaplen: int = 65535
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    devices: list[DeviceConfig] = field(default_factory=list)
-    attacks: AttackConfig = field(default_factory=AttackConfig)
+    seed: int
+    days: float
+    start_epoch: int  # a fixed start (UTC epoch seconds), never the clock
+    utc_offset_h: float  # local time = UTC + offset, for the day/night profile
+    activity_by_hour: list[float]
+    snaplen: int
+    network: NetworkConfig
+    devices: list[DeviceConfig]
+    attacks: AttackConfig
 
     def __post_init__(self) -> None:
         if not 0 < self.days <= 60:

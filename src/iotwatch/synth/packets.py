@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from iotwatch.flowmeter.reader import PCAP_MAGICS
+
 ETH_IPV4 = b"\x08\x00"
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 PROTO_TCP, PROTO_UDP = 6, 17
@@ -23,7 +25,8 @@ _IP = struct.Struct("!BBHHHBBH4s4s")
 _TCP = struct.Struct("!HHIIBBHHH")
 _UDP = struct.Struct("!HHHH")
 _REC = struct.Struct("<IIII")
-PCAP_MAGIC_US = 0xA1B2C3D4
+# classic pcap, little-endian, microsecond stamps: the reader's table of magics names it
+PCAP_MAGIC_US = next(m for m, fmt in PCAP_MAGICS.items() if fmt == ("<", 1_000))
 LINKTYPE_ETHERNET = 1
 
 
@@ -436,7 +439,7 @@ class PcapWriter:
     def __init__(self, path, snaplen: int = 65535) -> None:
         self.fh = open(path, "wb", buffering=1 << 22)  # noqa: SIM115 - closed by close()
         self.fh.write(
-            struct.pack("<IHHiIII", PCAP_MAGIC_US, 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET)
+            PCAP_MAGIC_US + struct.pack("<HHiIII", 2, 4, 0, 0, snaplen, LINKTYPE_ETHERNET)
         )
         self.snaplen = snaplen
         self.packets = 0

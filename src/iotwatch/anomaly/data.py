@@ -1,0 +1,197 @@
+"""Per-device splits for the anomaly detectors.
+
+For device type D:
+* train: D's legitimate train flows (features_train, label == D);
+* validation: D's legitimate validation flows + a share (``validation_share``) of the malicious
+  flows aimed at D;
+* test: D's legitimate test flows + the rest of those malicious flows.
+
+"Aimed at D" is ``gt_device_type == D`` (``malicious: device``) or every labelled malicious flow
+(``malicious: all``). Malicious flows without a ground-truth match (no ``attack_type``) are not
+used. The malicious flows are split per attack type (stratified), shuffled with the seed; each
+attack type sends round-half-up(n * validation_share) flows to validation, the rest to test.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from iotwatch.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from iotwatch.paths import PathsConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Tables:
+    """The feature tables the anomaly stage reads."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+    malicious: pd.DataFrame
+    columns: list[str]
+
+    def device_types(self) -> list[str]:
+        """Device types with legitimate training flows, sorted."""
+        from iotwatch.features import LABEL
+
+        return sorted(set(self.train[LABEL].dropna().astype(str)))
+
+
+@dataclass
+class DeviceData:
+    """One device type's raw (unscaled) feature arrays and labels."""
+
+    device: str
+    columns: list[str]
+    train: np.ndarray
+    validation: np.ndarray
+    validation_attack: np.ndarray  # bool per validation flow
+    validation_attack_type: np.ndarray  # str per validation flow ('' for legitimate)
+    test: np.ndarray
+    test_attack: np.ndarray
+    test_attack_type: np.ndarray
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "train": len(self.train),
+            "validation_legit": int((~self.validation_attack).sum()),
+            "validation_attack": int(self.validation_attack.sum()),
+            "test_legit": int((~self.test_attack).sum()),
+            "test_attack": int(self.test_attack.sum()),
+        }
+
+
+def load_tables(paths: PathsConfig) -> Tables:
+    """Read train/validation/test and the malicious feature tables; check their columns."""
+    from iotwatch.features import LABEL, MALICIOUS_EXTRA, model_columns, read_table
+
+    named = {
+        "train": (paths.features_train, "train feature table"),
+        "validation": (paths.features_validation, "validation feature table"),
+        "test": (paths.features_test, "test feature table"),
+        "malicious": (paths.features_malicious, "malicious feature table"),
+    }
+    tables = {k: read_table(p, what) for k, (p, what) in named.items()}
+    cols = model_columns(tables["train"])
+    for key, t in tables.items():
+        path = named[key][0]
+        if model_columns(t) != cols:
+            raise InputError(f"{path}: feature columns differ from {paths.features_train}")
+        if key != "malicious" and LABEL not in t.columns:
+            raise InputError(f"{path}: no '{LABEL}' column (written by the features stage?)")
+    missing = [c for c in MALICIOUS_EXTRA if c not in tables["malicious"].columns]
+    if missing:
+        raise InputError(f"{paths.features_malicious}: missing column(s) {missing}")
+    if len(tables["train"]) == 0:
+        raise InputError(f"{paths.features_train}: empty train feature table")
+    return Tables(**tables, columns=cols)
+
+
+def split_malicious(
+    attack_types: np.ndarray, validation_share: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions (validation, test) of malicious flows, stratified by attack type."""
+    types = np.asarray(attack_types, dtype=object)
+    rng = np.random.default_rng(seed)
+    val: list[np.ndarray] = []
+    test: list[np.ndarray] = []
+    for t in sorted(set(types.tolist())):
+        pos = np.flatnonzero(types == t)
+        pos = pos[rng.permutation(len(pos))]
+        k = int(np.floor(len(pos) * validation_share + 0.5))
+        val.append(pos[:k])
+        test.append(pos[k:])
+    empty = np.zeros(0, dtype=int)
+    return (
+        np.sort(np.concatenate(val)) if val else empty,
+        np.sort(np.concatenate(test)) if test else empty,
+    )
+
+
+def _types(frame: pd.DataFrame) -> np.ndarray:
+    return frame["attack_type"].astype("string").fillna("").astype(str).to_numpy(dtype=object)
+
+
+def device_data(
+    tables: Tables,
+    device: str,
+    malicious: Literal["device", "all"],
+    validation_share: float,
+    seed: int,
+) -> DeviceData:
+    """The per-device splits of ``device`` (see the module docstring)."""
+    from iotwatch.features import LABEL
+
+    cols = tables.columns
+
+    def legit(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[frame[LABEL].astype("string") == device]
+
+    mal = tables.malicious
+    mal = mal[mal["attack_type"].notna()]
+    if malicious == "device":
+        mal = mal[mal["gt_device_type"].astype("string") == device]
+    mal = mal.reset_index(drop=True)
+    mal_types = _types(mal)
+    vi, ti = split_malicious(mal_types, validation_share, seed)
+
+    def join(legit_part: pd.DataFrame, idx: np.ndarray) -> tuple[Any, Any, Any]:
+        x = np.concatenate(
+            [
+                legit_part[cols].to_numpy(dtype="float64"),
+                mal.iloc[idx][cols].to_numpy(dtype="float64"),
+            ]
+        )
+        attack = np.concatenate([np.zeros(len(legit_part), bool), np.ones(len(idx), bool)])
+        types = np.concatenate([np.full(len(legit_part), "", dtype=object), mal_types[idx]])
+        return x, attack, types
+
+    va, va_att, va_types = join(legit(tables.validation), vi)
+    te, te_att, te_types = join(legit(tables.test), ti)
+    return DeviceData(
+        device=device,
+        columns=list(cols),
+        train=legit(tables.train)[cols].to_numpy(dtype="float64"),
+        validation=va,
+        validation_attack=va_att,
+        validation_attack_type=va_types,
+        test=te,
+        test_attack=te_att,
+        test_attack_type=te_types,
+    )
+
+
+def skip_reason(data: DeviceData, min_train_flows: int) -> str | None:
+    """Why ``data`` cannot be used (None when it can)."""
+    c = data.counts()
+    if c["train"] < min_train_flows:
+        return f"{c['train']} legitimate train flows < min_train_flows={min_train_flows}"
+    if c["validation_legit"] == 0:
+        return "no legitimate validation flows (early stopping and thresholds need them)"
+    if c["test_legit"] + c["test_attack"] == 0:
+        return "no test flows"
+    return None
+
+
+def select_devices(tables: Tables, devices: list[str], device: str | None) -> list[str]:
+    """The device types to model: ``device``, else ``devices``, else all (sorted)."""
+    from iotwatch.errors import ConfigError
+
+    known = tables.device_types()
+    wanted = [device] if device else list(devices)
+    if not wanted:
+        return known
+    unknown = [d for d in wanted if d not in known]
+    if unknown:
+        raise ConfigError(f"anomaly: unknown device type(s) {unknown}; known: {known}")
+    return wanted

@@ -1,0 +1,111 @@
+"""Per-device feature scaling: [log1p] then standardise, fitted on that device's training
+flows only, saved and loaded as JSON (never pickle).
+
+Sizes and inter-arrival times are >= 0; they are clipped at 0 before log1p. A column with zero
+spread in training keeps its centre and a scale of 1 (so it cannot blow up unseen flows).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from iotwatch.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+FORMAT = "iotwatch-anomaly-scaler/1"
+
+
+@dataclass
+class FeatureScaler:
+    """x -> (log1p(max(x, 0)) - mean) / std, per column; ``fit`` on training flows only."""
+
+    log1p: bool = True
+    columns: list[str] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+    def _pre(self, x: Any) -> np.ndarray:
+        import numpy as np
+
+        x = np.asarray(x, dtype="float64")
+        if x.ndim != 2:
+            raise ValueError(f"expected a 2-D array of flows x features, got shape {x.shape}")
+        if self.log1p:
+            x = np.log1p(np.clip(x, 0.0, None))
+        return x
+
+    def fit(self, x: Any, columns: list[str] | None = None) -> FeatureScaler:
+        import numpy as np
+
+        z = self._pre(x)
+        if len(z) == 0:
+            raise ValueError("cannot fit a scaler on zero flows")
+        mean = z.mean(axis=0)
+        std = z.std(axis=0)
+        std = np.where(std > 1e-12, std, 1.0)
+        self.mean = [float(v) for v in mean]
+        self.std = [float(v) for v in std]
+        self.columns = list(columns) if columns is not None else [str(i) for i in range(z.shape[1])]
+        if len(self.columns) != z.shape[1]:
+            raise ValueError(f"{len(self.columns)} column names for {z.shape[1]} columns")
+        return self
+
+    def transform(self, x: Any) -> np.ndarray:
+        import numpy as np
+
+        if not self.mean:
+            raise ValueError("scaler is not fitted")
+        z = self._pre(x)
+        if z.shape[1] != len(self.mean):
+            raise ValueError(f"expected {len(self.mean)} features, got {z.shape[1]}")
+        return (z - np.asarray(self.mean)) / np.asarray(self.std)
+
+    def fit_transform(self, x: Any, columns: list[str] | None = None) -> np.ndarray:
+        return self.fit(x, columns).transform(x)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "log1p": self.log1p,
+            "columns": list(self.columns),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "scaler") -> FeatureScaler:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise InputError(f"{source}: not an iotwatch anomaly scaler (format {FORMAT})")
+        try:
+            scaler = cls(
+                log1p=bool(data["log1p"]),
+                columns=[str(c) for c in data["columns"]],
+                mean=[float(v) for v in data["mean"]],
+                std=[float(v) for v in data["std"]],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{source}: bad scaler JSON ({exc})") from None
+        if not (len(scaler.columns) == len(scaler.mean) == len(scaler.std)):
+            raise InputError(f"{source}: columns, mean and std differ in length")
+        return scaler
+
+    def save(self, path: Path | str) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path | str) -> FeatureScaler:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: scaler not found (run the anomaly stage)")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{path}: cannot read scaler JSON ({exc})") from None
+        return cls.from_dict(data, str(path))

@@ -1,0 +1,430 @@
+"""Anomaly stage: one sparse autoencoder per device type, thresholded on validation.
+
+For each device type (all, or ``devices`` / ``device``): scale with a scaler fitted on that
+device's legitimate train flows, train the autoencoder (nested MLflow run ``anomaly/<device>``,
+per-epoch losses in it), score validation and test by reconstruction error, pick two thresholds
+on validation (best F1, the headline; and the ``target_fpr`` quantile of legitimate scores, the
+``fpr_rule``), report test metrics for both plus the baselines, save the model files and plots.
+A flow is an attack when its score is > the threshold (see ``threshold``).
+
+Files per device D (metric_key(D) as folder name):
+``<paths.anomaly_models>/D/{state_dict.pt, scaler.json, threshold.json, model.json}`` and
+``<paths.anomaly_plots>/D/{roc.png, pr.png, errors.png}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from iotwatch.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from iotwatch.anomaly.data import DeviceData
+    from iotwatch.anomaly.model import SparseAutoencoder
+    from iotwatch.anomaly.scaling import FeatureScaler
+    from iotwatch.context import StageContext
+    from iotwatch.tracking import StageRun
+
+log = logging.getLogger(__name__)
+
+SKIPPED = "skipped"  # key of anomaly.json listing the devices that were not modelled
+THRESHOLD_FORMAT = "iotwatch-anomaly-threshold/1"
+
+
+@dataclass
+class BaselineConfig:
+    """One baseline detector: whether to run it and its constructor parameters."""
+
+    enabled: bool = True
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _default_baselines() -> dict[str, BaselineConfig]:
+    # Same as conf/anomaly/default.yaml (a test checks they agree).
+    return {
+        "isolation_forest": BaselineConfig(True, {"n_estimators": 100}),
+        "one_class_svm": BaselineConfig(True, {"nu": 0.05, "gamma": "scale", "max_train": 5000}),
+        "pca": BaselineConfig(True, {"n_components": 0.95}),
+        "knn": BaselineConfig(True, {"n_neighbors": 5}),
+    }
+
+
+@dataclass
+class AnomalyConfig:
+    """conf/anomaly/*.yaml. The defaults here equal conf/anomaly/default.yaml (tested)."""
+
+    # The autoencoder.
+    hidden: int = 500
+    lr: float = 0.01
+    sparsity_target: float = 0.1
+    sparsity_weight: float = 0.2
+    output: Literal["linear", "sigmoid"] = "linear"
+    # Training.
+    max_epochs: int = 100
+    batch_size: int = 256
+    patience: int = 10
+    min_delta: float = 0.0
+    accelerator: str = "auto"
+    enable_progress_bar: bool = False
+    # Features and data.
+    log1p: bool = True
+    devices: list[str] = field(default_factory=list)  # [] = every device type
+    device: str | None = None  # one device type (overrides devices)
+    malicious: Literal["device", "all"] = "device"
+    validation_share: float = 0.5
+    min_train_flows: int = 50
+    # Thresholds.
+    target_fpr: float = 0.01
+    # Outputs.
+    plots: bool = True
+    baselines: dict[str, BaselineConfig] = field(default_factory=_default_baselines)
+
+    def __post_init__(self) -> None:
+        from iotwatch.anomaly.baselines import BASELINES
+
+        for name, low in (("hidden", 1), ("max_epochs", 1), ("batch_size", 1), ("patience", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 < self.sparsity_target < 1.0:
+            raise ValueError(f"sparsity_target must be in (0, 1), got {self.sparsity_target}")
+        if self.sparsity_weight < 0:
+            raise ValueError(f"sparsity_weight must be >= 0, got {self.sparsity_weight}")
+        if not 0.0 < self.validation_share < 1.0:
+            raise ValueError(f"validation_share must be in (0, 1), got {self.validation_share}")
+        if not 0.0 <= self.target_fpr < 1.0:
+            raise ValueError(f"target_fpr must be in [0, 1), got {self.target_fpr}")
+        if self.min_train_flows < 2:
+            raise ValueError(f"min_train_flows must be >= 2, got {self.min_train_flows}")
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            raise ValueError(f"baselines: unknown {unknown}; known: {list(BASELINES)}")
+
+
+def _model_hparams(cfg: AnomalyConfig, n_features: int) -> dict[str, Any]:
+    return {
+        "n_features": n_features,
+        "hidden": cfg.hidden,
+        "lr": cfg.lr,
+        "sparsity_target": cfg.sparsity_target,
+        "sparsity_weight": cfg.sparsity_weight,
+        "output": cfg.output,
+    }
+
+
+def _thresholds(
+    val_scores: np.ndarray, val_attack: np.ndarray, target_fpr: float
+) -> tuple[float, float, str]:
+    """(best-F1 threshold, FPR threshold, how the first was chosen)."""
+    from iotwatch.anomaly.threshold import best_f1_threshold, fpr_threshold
+
+    thr_fpr = fpr_threshold(val_scores[~val_attack], target_fpr)
+    if val_attack.any():
+        return best_f1_threshold(val_scores, val_attack), thr_fpr, "best_f1"
+    return thr_fpr, thr_fpr, "fpr (no attack flows in validation)"
+
+
+def _both_rules(
+    d: DeviceData, val_scores: np.ndarray, test_scores: np.ndarray, target_fpr: float
+) -> dict[str, Any]:
+    from iotwatch.anomaly.threshold import evaluate
+
+    thr, thr_fpr, how = _thresholds(val_scores, d.validation_attack, target_fpr)
+    m = evaluate(test_scores, d.test_attack, thr, d.test_attack_type)
+    m["threshold_rule"] = how
+    m["validation_f1"] = evaluate(val_scores, d.validation_attack, thr)["f1"]
+    m["fpr_rule"] = evaluate(test_scores, d.test_attack, thr_fpr, d.test_attack_type)
+    m["fpr_rule"]["target_fpr"] = target_fpr
+    return m
+
+
+def run_baselines(
+    cfg: AnomalyConfig, d: DeviceData, xs: dict[str, np.ndarray], seed: int
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Fit every enabled baseline on the scaled train flows; metrics and test scores."""
+    from iotwatch.anomaly.baselines import make_baseline
+
+    out: dict[str, Any] = {}
+    test_scores: dict[str, np.ndarray] = {}
+    for name, bcfg in cfg.baselines.items():
+        if not bcfg.enabled:
+            continue
+        t0 = time.perf_counter()
+        model = make_baseline(name, bcfg.params, seed).fit(xs["train"])
+        fit_s = time.perf_counter() - t0
+        val_s, test_s = model.score(xs["validation"]), model.score(xs["test"])
+        out[name] = {**_both_rules(d, val_s, test_s, cfg.target_fpr), "fit_seconds": fit_s}
+        test_scores[name] = test_s
+    return out, test_scores
+
+
+def save_device(
+    folder: Path,
+    model: SparseAutoencoder,
+    scaler: FeatureScaler,
+    hparams: dict[str, Any],
+    thresholds: dict[str, Any],
+) -> None:
+    """``state_dict.pt`` (weights only), ``scaler.json``, ``threshold.json``, ``model.json``."""
+    from iotwatch.anomaly.model import save_weights
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(model, folder / "state_dict.pt")
+    scaler.save(folder / "scaler.json")
+    (folder / "threshold.json").write_text(json.dumps(thresholds, indent=2) + "\n")
+    (folder / "model.json").write_text(
+        json.dumps({"hparams": hparams, "columns": scaler.columns}, indent=2) + "\n"
+    )
+
+
+@dataclass
+class DeviceDetector:
+    """A saved per-device detector: ``is_attack(x)`` on raw feature rows (score > threshold)."""
+
+    model: SparseAutoencoder
+    scaler: FeatureScaler
+    threshold: float
+    fpr_threshold: float
+
+    def score(self, x: Any) -> np.ndarray:
+        from iotwatch.anomaly.model import reconstruction_errors
+
+        return reconstruction_errors(self.model, self.scaler.transform(x))
+
+    def is_attack(self, x: Any, rule: Literal["f1", "fpr"] = "f1") -> np.ndarray:
+        thr = self.threshold if rule == "f1" else self.fpr_threshold
+        return self.score(x) > thr
+
+
+def load_device(folder: Path | str) -> DeviceDetector:
+    """Load what ``save_device`` wrote (torch.load with weights_only=True; JSON otherwise)."""
+    from iotwatch.anomaly.model import load_weights
+    from iotwatch.anomaly.scaling import FeatureScaler
+
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "model.json").read_text())
+        thr = json.loads((folder / "threshold.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{folder}: not an anomaly model folder ({exc})") from None
+    if thr.get("format") != THRESHOLD_FORMAT:
+        raise InputError(f"{folder}/threshold.json: not format {THRESHOLD_FORMAT}")
+    model = load_weights(folder / "state_dict.pt", **meta["hparams"])
+    scaler = FeatureScaler.load(folder / "scaler.json")
+    return DeviceDetector(model, scaler, float(thr["threshold"]), float(thr["fpr_threshold"]))
+
+
+def plot_device(
+    device: str,
+    y: np.ndarray,
+    scores: dict[str, np.ndarray],
+    legit_errors: np.ndarray,
+    attack_errors: np.ndarray,
+    thresholds: dict[str, float],
+    folder: Path,
+) -> list[Path]:
+    """ROC and PR curves on test (autoencoder + baselines) and the AE error histogram."""
+    import numpy as np
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    from iotwatch.viz import _pyplot
+
+    plt = _pyplot()
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    both = bool(y.any() and (~y).any())
+    if both:
+        for kind in ("roc", "pr"):
+            fig, ax = plt.subplots(figsize=(5.5, 5))
+            for name, s in scores.items():
+                if kind == "roc":
+                    fx, ty, _ = roc_curve(y, s)
+                    ax.plot(fx, ty, label=name, lw=1.8 if name == "autoencoder" else 1)
+                else:
+                    p, r, _ = precision_recall_curve(y, s)
+                    ax.plot(r, p, label=name, lw=1.8 if name == "autoencoder" else 1)
+            if kind == "roc":
+                ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls=":")
+                ax.set_xlabel("false positive rate")
+                ax.set_ylabel("true positive rate")
+            else:
+                ax.set_xlabel("recall")
+                ax.set_ylabel("precision")
+            ax.set_title(f"{device}: {kind.upper()} (test)")
+            ax.legend(fontsize=7, frameon=False)
+            fig.tight_layout()
+            fig.savefig(folder / f"{kind}.png", dpi=120)
+            plt.close(fig)
+            written.append(folder / f"{kind}.png")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    every = np.concatenate([legit_errors, attack_errors])
+    lo, hi = max(float(every.min()), 1e-8), max(float(every.max()), 1e-7)
+    bins = np.geomspace(lo, hi * 1.0001, 50) if hi > lo else 20
+    if len(legit_errors):
+        ax.hist(np.maximum(legit_errors, lo), bins=bins, alpha=0.6, label="legitimate")
+    if len(attack_errors):
+        ax.hist(np.maximum(attack_errors, lo), bins=bins, alpha=0.6, label="attack")
+    for (name, thr), ls in zip(thresholds.items(), ("-", "--"), strict=False):
+        ax.axvline(max(thr, lo), color="black", ls=ls, lw=1, label=f"{name} {thr:.3g}")
+    if hi > lo:
+        ax.set_xscale("log")
+    ax.set_xlabel("reconstruction error (MSE)")
+    ax.set_ylabel("test flows")
+    ax.set_title(f"{device}: autoencoder reconstruction error")
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.savefig(folder / "errors.png", dpi=120)
+    plt.close(fig)
+    written.append(folder / "errors.png")
+    return written
+
+
+def run_device(
+    cfg: AnomalyConfig,
+    d: DeviceData,
+    seed: int,
+    models_dir: Path,
+    plots_dir: Path,
+    msr: StageRun,
+) -> dict[str, Any]:
+    """Train, threshold, evaluate, save and plot one device type (inside its child run)."""
+    import mlflow
+
+    from iotwatch.anomaly.model import TrainSettings, fit_autoencoder, reconstruction_errors
+    from iotwatch.anomaly.scaling import FeatureScaler
+    from iotwatch.features import metric_key
+
+    key = metric_key(d.device)
+    scaler = FeatureScaler(log1p=cfg.log1p).fit(d.train, d.columns)
+    xs = {
+        "train": scaler.transform(d.train),
+        "validation": scaler.transform(d.validation),
+        "test": scaler.transform(d.test),
+    }
+    hparams = _model_hparams(cfg, len(d.columns))
+    settings = TrainSettings(
+        max_epochs=cfg.max_epochs,
+        batch_size=cfg.batch_size,
+        patience=cfg.patience,
+        min_delta=cfg.min_delta,
+        accelerator=cfg.accelerator,
+        enable_progress_bar=cfg.enable_progress_bar,
+    )
+    msr.log_params(
+        {
+            "device_type": d.device,
+            "batch_size": cfg.batch_size,
+            "max_epochs": cfg.max_epochs,
+            "patience": cfg.patience,
+            "log1p": cfg.log1p,
+            "malicious": cfg.malicious,
+            "target_fpr": cfg.target_fpr,
+        }
+    )  # hidden/lr/sparsity_* are logged by Lightning's MLFlowLogger (the module's hparams)
+    with tempfile.TemporaryDirectory(prefix="iotwatch-anomaly-") as work:
+        model, info = fit_autoencoder(
+            xs["train"],
+            xs["validation"][~d.validation_attack],
+            hparams,
+            settings,
+            seed,
+            work_dir=work,
+            tracking_uri=mlflow.get_tracking_uri() if msr.run_id else None,
+            run_id=msr.run_id,
+        )
+    val_s = reconstruction_errors(model, xs["validation"])
+    test_s = reconstruction_errors(model, xs["test"])
+    m = _both_rules(d, val_s, test_s, cfg.target_fpr)
+    m["train_seconds"] = info["seconds"]
+    m["epochs"] = info["epochs"]
+    m["best_epoch"] = info["best_epoch"]
+    m["best_val_loss"] = info["best_val_loss"]
+    m["flows"] = d.counts()
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    print(
+        f"anomaly {d.device}: trained in {info['seconds']:.2f} s "
+        f"({info['epochs']} epochs, best {info['best_epoch']}); "
+        f"test F1 {fmt(m['f1'])}, AUC {fmt(m['auc'])}",
+        flush=True,
+    )
+    m["baselines"], base_scores = run_baselines(cfg, d, xs, seed)
+    folder = models_dir / key
+    save_device(
+        folder,
+        model,
+        scaler,
+        hparams,
+        {
+            "format": THRESHOLD_FORMAT,
+            "device_type": d.device,
+            "attack_if": "score > threshold",
+            "score": "mean squared reconstruction error of the scaled features",
+            "threshold": m["threshold"],
+            "rule": m["threshold_rule"],
+            "fpr_threshold": m["fpr_rule"]["threshold"],
+            "target_fpr": cfg.target_fpr,
+        },
+    )
+    if cfg.plots:
+        pngs = plot_device(
+            d.device,
+            d.test_attack,
+            {"autoencoder": test_s, **base_scores},
+            test_s[~d.test_attack],
+            test_s[d.test_attack],
+            {"best-F1": m["threshold"], f"FPR {cfg.target_fpr:g}": m["fpr_rule"]["threshold"]},
+            plots_dir / key,
+        )
+        for png in pngs:
+            msr.log_artifact(png, "figures")
+    msr.log_metrics(m)
+    for name in ("scaler.json", "threshold.json", "model.json"):
+        msr.log_artifact(folder / name, "model")
+    return m
+
+
+def run(cfg: AnomalyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
+    """Anomaly stage: per device type, train the AE and baselines, threshold on validation,
+    report test metrics; devices with too few flows are listed under ``skipped``."""
+    from iotwatch.anomaly.data import device_data, load_tables, select_devices, skip_reason
+    from iotwatch.features import metric_key
+
+    paths, seed = ctx.paths, ctx.seed
+    tables = load_tables(paths)
+    devices = select_devices(tables, cfg.devices, cfg.device)
+    labelled = int(tables.malicious["attack_type"].notna().sum())
+    log.info(
+        "anomaly: %d device type(s), %d features, %d labelled malicious flows (%s)",
+        len(devices), len(tables.columns), labelled, cfg.malicious,
+    )  # fmt: skip
+    metrics: dict[str, Any] = {}
+    skipped: dict[str, Any] = {}
+    for device in devices:
+        d = device_data(tables, device, cfg.malicious, cfg.validation_share, seed)
+        reason = skip_reason(d, cfg.min_train_flows)
+        if reason is not None:
+            log.warning("anomaly: skipping device type %s: %s", device, reason)
+            skipped[metric_key(device)] = {"reason": reason, **d.counts()}
+            continue
+        log.info("anomaly %s: %s", device, d.counts())
+        with sr.child(f"anomaly/{device}", {"device_type": device}) as msr:
+            metrics[metric_key(device)] = run_device(
+                cfg, d, seed, Path(paths.anomaly_models), Path(paths.anomaly_plots), msr
+            )
+    if not metrics:
+        log.warning("anomaly: no device type could be modelled (see 'skipped')")
+    metrics[SKIPPED] = skipped
+    sr.record(metrics)
+    return metrics

@@ -1,0 +1,151 @@
+"""The anomaly stage end to end on hand-made feature tables, with MLflow on a tmp sqlite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from tests.ml.conftest import composed, make_paths
+
+from iotwatch.anomaly.stage import SKIPPED, AnomalyConfig, load_device, run
+from iotwatch.config import from_dict, to_dict
+from iotwatch.context import StageContext
+from iotwatch.errors import ConfigError
+from iotwatch.tracking import TrackingConfig, stage_run
+
+from .conftest import write_tables
+
+REPO = Path(__file__).resolve().parents[2]
+KEYS = {"f1", "accuracy", "precision", "recall", "fpr", "auc", "threshold", "tpr_at_1pct_fpr",
+        "recall_per_attack", "fpr_rule", "baselines", "train_seconds"}  # fmt: skip
+
+
+def tiny(**over: object) -> AnomalyConfig:
+    data = yaml.safe_load((REPO / "conf/anomaly/tiny.yaml").read_text())
+    data.update({"hidden": 8, "max_epochs": 6})
+    data.update(over)
+    return from_dict(AnomalyConfig, data, "anomaly")
+
+
+def _drop_times(m: object) -> object:
+    if isinstance(m, dict):
+        return {k: _drop_times(v) for k, v in m.items() if not k.endswith("seconds")}
+    return m
+
+
+def _run(tmp: Path, cfg: AnomalyConfig) -> dict:
+    paths = make_paths(tmp)
+    tracking = TrackingConfig(
+        tracking_uri=f"sqlite:///{tmp}/mlflow.db", artifact_root=str(tmp / "artifacts")
+    )
+    ctx = StageContext(paths=paths, dataset=composed("experiment=tiny").dataset, seed=7)
+    with stage_run("anomaly", tracking, paths.metrics_dir, concern="behaviour") as sr:
+        metrics = run(cfg, ctx, sr)
+    return metrics
+
+
+@pytest.mark.slow
+def test_stage_end_to_end(tmp_path, capsys) -> None:
+    import mlflow
+
+    write_tables(make_paths(tmp_path))
+    cfg = tiny()
+    m = _run(tmp_path, cfg)
+    paths = make_paths(tmp_path)
+    assert sorted(m) == ["bulb", "camera", "plug", SKIPPED]
+    assert "rare" in m[SKIPPED] and "min_train_flows" in m[SKIPPED]["rare"]["reason"]
+    on_disk = json.loads((paths.metrics_dir / "anomaly.json").read_text())
+    assert on_disk == json.loads(json.dumps(m))
+    for dev in ("camera", "plug", "bulb"):
+        assert set(m[dev]) >= KEYS, dev
+        assert set(m[dev]["baselines"]) == {"isolation_forest", "one_class_svm", "pca", "knn"}
+        for b in m[dev]["baselines"].values():
+            assert {"f1", "auc", "fpr_rule"} <= set(b)
+        folder = paths.anomaly_models / dev
+        state = torch.load(folder / "state_dict.pt", weights_only=True)
+        assert state["encoder.weight"].shape == (8, 38)
+        thr = json.loads((folder / "threshold.json").read_text())
+        assert thr["threshold"] == m[dev]["threshold"] and thr["attack_if"] == "score > threshold"
+        det = load_device(folder)
+        assert det.threshold == m[dev]["threshold"]
+        assert (paths.anomaly_plots / dev / "errors.png").is_file()
+    # the attacks are far from every device's traffic: the camera's detector finds them
+    cam = m["camera"]
+    assert cam["auc"] > 0.95 and cam["f1"] > 0.9
+    assert set(cam["recall_per_attack"]) == {"flood", "scan"}
+    assert (paths.anomaly_plots / "camera" / "roc.png").is_file()
+    assert m["bulb"]["threshold_rule"].startswith("fpr")  # no attacks aimed at the bulb
+    assert m["bulb"]["auc"] is None
+    assert "anomaly camera: trained in" in capsys.readouterr().out
+    # MLflow: one child run per device with per-epoch losses from Lightning's MLFlowLogger
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("iotwatch/behaviour").experiment_id])
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert set(children) == {"anomaly/bulb", "anomaly/camera", "anomaly/plug"}
+    cam_run = children["anomaly/camera"]
+    history = client.get_metric_history(cam_run.info.run_id, "val_loss")
+    assert len(history) == cam["epochs"]
+    assert cam_run.data.params["hidden"] == "8"
+    assert cam_run.data.metrics["f1"] == cam["f1"]
+    # a rerun (fresh folder) gives the same metrics, times apart
+    rerun = tmp_path / "again"
+    write_tables(make_paths(rerun))
+    assert _drop_times(_run(rerun, cfg)) == _drop_times(m)
+    # detector on the saved files reproduces the camera's test decisions
+    tables = write_tables(make_paths(tmp_path / "third"))
+    cols = [c for c in tables["test"].columns if c.startswith(("size_", "iat_"))]
+    legit = tables["test"][tables["test"]["label"] == "camera"][cols].to_numpy(float)
+    flagged = load_device(paths.anomaly_models / "camera").is_attack(legit)
+    assert flagged.mean() == pytest.approx(cam["fpr"])
+
+
+def test_one_device_without_mlflow(tmp_path) -> None:
+    paths = make_paths(tmp_path)
+    write_tables(paths)
+    cfg = tiny(device="plug", plots=False, baselines={"knn": {"params": {"n_neighbors": 3}}})
+    ctx = StageContext(paths=paths, dataset=composed("experiment=tiny").dataset, seed=0)
+    with stage_run("anomaly", TrackingConfig(enabled=False), paths.metrics_dir) as sr:
+        m = run(cfg, ctx, sr)
+    assert sorted(m) == ["plug", SKIPPED] and m[SKIPPED] == {}
+    assert list(m["plug"]["baselines"]) == ["knn"]
+    assert not (paths.plots_dir / "anomaly").exists()
+    assert m["plug"]["flows"]["validation_attack"] == 10  # half of the 20 aimed at the plug
+
+
+@pytest.mark.parametrize("name", ["default", "tiny"])
+def test_conf_files_load(name) -> None:
+    data = yaml.safe_load((REPO / "conf/anomaly" / f"{name}.yaml").read_text())
+    from_dict(AnomalyConfig, data, "anomaly")
+
+
+def test_dataclass_defaults_equal_default_yaml() -> None:
+    data = yaml.safe_load((REPO / "conf/anomaly/default.yaml").read_text())
+    assert set(data) == set(to_dict(AnomalyConfig()))  # every field is set in the conf
+    assert to_dict(from_dict(AnomalyConfig, data, "anomaly")) == to_dict(AnomalyConfig())
+
+
+@pytest.mark.parametrize(
+    ("over", "pattern"),
+    [
+        ({"hidden": 0}, r"hidden must be >= 1"),
+        ({"sparsity_target": 1.5}, r"sparsity_target"),
+        ({"malicious": "some"}, r"anomaly\.malicious"),
+        ({"baselines": {"lof": {}}}, r"unknown \['lof'\]"),
+        ({"hiddn": 3}, r"unknown key"),
+    ],
+)
+def test_config_errors(over, pattern) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        tiny(**over)
+
+
+def test_score_arrays_are_float64(tmp_path) -> None:
+    from iotwatch.anomaly.model import SparseAutoencoder, reconstruction_errors
+
+    s = reconstruction_errors(SparseAutoencoder(3, hidden=2), np.zeros((2, 3)))
+    assert s.dtype == np.float64 and s.shape == (2,)
