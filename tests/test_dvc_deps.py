@@ -137,7 +137,7 @@ def _covered(path: Path, deps: list[str]) -> bool:
     return any(rel == Path(d) or Path(d) in rel.parents for d in deps)
 
 
-def _dvc_stages() -> dict[str, dict]:
+def dvc_stages() -> dict[str, dict]:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     # a foreach stage (synth: one per generated dataset) keeps its definition under `do`
     return {name: st.get("do", st) for name, st in stages.items()}
@@ -146,7 +146,7 @@ def _dvc_stages() -> dict[str, dict]:
 def test_every_stage_depends_on_the_code_it_runs() -> None:
     from iotwatch.pipeline.stages import STAGES
 
-    dvc = _dvc_stages()
+    dvc = dvc_stages()
     assert set(dvc) == set(STAGES)
     missing = {
         name: sorted(

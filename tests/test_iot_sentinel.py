@@ -40,5 +40,6 @@ def test_iot_sentinel_runs_end_to_end(tmp_path: Path, shared_data) -> None:  # n
     run_stage("classify", params)
     run_stage("report", params)
     metrics = json.loads((tmp_path / "reports/metrics/classify.json").read_text())
-    assert 0.3 < metrics["random_forest"]["accuracy"] <= 1.0
+    assert 0.3 < metrics["random_forest"]["test"]["accuracy"] <= 1.0
+    assert metrics["best_model"]["selected_on"] == "validation"
     assert (tmp_path / "reports/report.md").is_file()

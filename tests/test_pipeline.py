@@ -52,13 +52,10 @@ def test_no_hydra_or_env_interpolations_in_conf() -> None:
         assert "${hydra:" not in text and "${oc.env:" not in text, path
 
 
-def _dvc_stages() -> dict[str, dict]:
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
-    return {name: st.get("do", st) for name, st in stages.items()}
-
-
 def test_dvc_yaml_matches_stage_runner() -> None:
-    dvc = _dvc_stages()
+    from tests.test_dvc_deps import dvc_stages
+
+    dvc = dvc_stages()
     assert list(dvc) == list(STAGES)
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     path_keys = set(PathsConfig.__dataclass_fields__)
