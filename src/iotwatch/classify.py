@@ -348,11 +348,11 @@ def fit_and_score(
     """Fit one model on train, score it on validation, test and the held-out devices.
 
     Returns (pipeline, {split: metrics} plus fit/predict seconds, {split: predictions}).
+    ``run`` checks every model's parameters (``validate_params``) before any data is read.
     """
     from iotwatch.features import LABEL
 
     pipe = make_pipeline(name, mcfg, seed, params)
-    validate_params(name, pipe)
     cols = data.columns
     y_train = data.train[LABEL].astype(str).to_numpy()
     t0 = time.perf_counter()

@@ -118,7 +118,8 @@ def run(cfg: FlowConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     from iotwatch.flowmeter.schema import flow_schema, write_parquet
 
     dataset, paths = ctx.dataset, ctx.paths
-    if dataset.local_networks and not cfg.local_networks:
+    # the one home of local_networks is the dataset (flow profiles do not carry it)
+    if dataset.local_networks:
         cfg = replace(cfg, local_networks=list(dataset.local_networks))
     t0 = time.perf_counter()
     benign, m_benign = meter_dataset(dataset.captures, dataset, cfg, required=True)

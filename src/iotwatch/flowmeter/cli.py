@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
@@ -43,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from iotwatch.flowmeter.config import load_profile
     from iotwatch.flowmeter.meter import meter_captures
+    from iotwatch.flowmeter.schema import replacing
 
     config = load_profile(args.profile)
     changes: dict = {}
@@ -66,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     big = sum(p.stat().st_size for p in args.captures) >= PROGRESS_MIN_BYTES
     # the table is streamed to a temporary file next to --out (row groups as flows become
     # final: memory stays bounded on long captures) and renamed once the run is known good
-    tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(args.out) as tmp:
         result = meter_captures(
             args.captures,
             config,
@@ -79,12 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         stats = result.stats
         if stats.packets_read == 0 and stats.issues:
             # nothing could be read at all (not a capture, or cut before its first record)
+            tmp.unlink()  # --out stays as it was
             for issue in stats.issues[:MAX_ISSUES_SHOWN]:
                 print(f"iotwatch flows: error: {issue}", file=sys.stderr)
             return 2
-        os.replace(tmp, args.out)
-    finally:
-        tmp.unlink(missing_ok=True)
     if not args.quiet:
         print(f"iotwatch flows: {result.summary_line()} -> {args.out}", file=sys.stderr)
     for issue in stats.issues[:MAX_ISSUES_SHOWN]:

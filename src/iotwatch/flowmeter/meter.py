@@ -17,7 +17,6 @@ The engine lives in modules named for what they hold:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,17 +147,15 @@ def meter_captures(
     all_flows, all_feats, names = [], [], []
     if out is not None:
         # written next to ``out`` and renamed once complete: an error leaves no partial table
-        out = Path(out)
-        part = out.with_name(f".{out.name}.{os.getpid()}.part")
-        try:
-            from iotwatch.flowmeter.runs import stream_captures
+        from iotwatch.flowmeter.runs import stream_captures
+        from iotwatch.flowmeter.schema import replacing
 
-            result = stream_captures(paths, run, part)
-            os.replace(part, out)
-            result.path = out
+        try:
+            with replacing(out) as part:
+                result = stream_captures(paths, run, part)
+            result.path = Path(out)
             return result
         finally:
-            part.unlink(missing_ok=True)
             if bar is not None:
                 bar.close()
     late = 0
