@@ -66,8 +66,13 @@ def _stage_sections() -> dict[str, type]:
     out = {}
     for stage in STAGES.values():
         cls = stage.config_class()
-        if cls is not None and stage.section:
+        if cls is None or not stage.section:
+            continue
+        if isinstance(stage.section, str):
             out[stage.section] = cls
+        else:  # a composite of several sections: one field (its class) per section
+            hints = typing.get_type_hints(cls)
+            out.update({name: hints[name] for name in stage.section})
     return out
 
 

@@ -67,7 +67,8 @@ def test_dvc_yaml_matches_stage_runner() -> None:
             assert key in path_keys, ref
         assert key in params[head], ref
     for name, stage in dvc.items():
-        assert stage["cmd"] == f"iotwatch stage {name}"
+        item = " --device ${item}" if name in ("tune", "autoencoder") else ""
+        assert stage["cmd"] == f"iotwatch stage {name}{item}"
         for p in stage.get("params", []):
             top = p.split(".")[0]
             assert top in params, f"{name}: params section {p} not in params.yaml"
@@ -96,7 +97,7 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
 
 
 def _ran(output: str) -> set[str]:
-    return {s.split("@")[0] for s in re.findall(r"Running stage '([a-z@]+)'", output)}
+    return {s.split("@")[0] for s in re.findall(r"Running stage '([a-z_@]+)'", output)}
 
 
 def _commit(work: Path, message: str) -> None:
@@ -128,8 +129,15 @@ def test_repro_writes_every_output_and_then_nothing_reruns(repo: Path) -> None:
     for rel in ("data/processed/train.parquet", "data/processed/validation.parquet",
                 "data/processed/test.parquet", "data/processed/devices.parquet",
                 "models/classifier.skops", "reports/figures/tsne.png", "reports/report.md",
-                "reports/plots/confusion.csv", "mlruns/mlflow.db"):  # fmt: skip
+                "reports/plots/confusion.csv", "mlruns/mlflow.db", "mlruns/optuna.db",
+                "reports/metrics/anomaly.json", "reports/anomaly/summary.png"):  # fmt: skip
         assert (repo / rel).is_file(), rel
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    anomaly = json.loads((repo / "reports/metrics/anomaly.json").read_text())
+    for device in params["dataset"]["device_types"]:  # one tune@ and autoencoder@ each
+        assert (repo / "models/tuned" / f"{device}.json").is_file(), device
+        assert (repo / "models/anomaly" / device / "state_dict.pt").is_file(), device
+        assert {"f1", "recall", "fpr", "auc", "baselines"} <= set(anomaly[device]), device
     assert _classify(repo)["best_model"]["selected_on"] == "validation"
     assert _ran(_run(["dvc", "repro"], repo)) == set()
     status = _run(["dvc", "status", "--json"], repo)

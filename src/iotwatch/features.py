@@ -57,6 +57,11 @@ class FeaturesConfig:
     min_flows_per_class: int = 10
     # Slack (s) when matching malicious flows to ground-truth time windows (clock rounding).
     match_tolerance_s: float = 1.0
+    # Step 2's per-device tables (paths.anomaly_data/<type>.parquet): the attack flows each
+    # device type's detector is validated and tested on, aimed at it ("device") or all ("all"),
+    # and the share of them (per attack type) in validation; the rest is test.
+    anomaly_malicious: Literal["device", "all"] = "device"
+    anomaly_validation_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.n_packets < 2:
@@ -76,6 +81,10 @@ class FeaturesConfig:
             )
         if self.match_tolerance_s < 0:
             raise ValueError(f"match_tolerance_s must be >= 0, got {self.match_tolerance_s}")
+        if not 0.0 < self.anomaly_validation_share < 1.0:
+            raise ValueError(
+                f"anomaly_validation_share must be in (0, 1), got {self.anomaly_validation_share}"
+            )
 
 
 def metric_key(name: Any) -> str:
@@ -151,16 +160,36 @@ def drop_rare_classes(table: pd.DataFrame, min_flows: int) -> tuple[pd.DataFrame
     return table[~table[LABEL].isin(list(dropped))].reset_index(drop=True), dropped
 
 
+def _class_rng(seed: int, name: Any):  # noqa: ANN202 - numpy Generator
+    """A generator seeded by (seed, class name): one class's split never depends on another's."""
+    import zlib
+
+    import numpy as np
+
+    return np.random.default_rng([seed, zlib.crc32(str(name).encode())])
+
+
 def split_stratified(
     table: pd.DataFrame, test_size: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Random split keeping class proportions (the method's split)."""
-    from sklearn.model_selection import train_test_split
+    """Random split keeping class proportions (the method's split), class by class.
 
-    train, test = train_test_split(
-        table, test_size=test_size, stratify=table[LABEL], random_state=seed
-    )
-    return train.sort_index().reset_index(drop=True), test.sort_index().reset_index(drop=True)
+    Each class's flows are shuffled by a generator seeded with (seed, class name) and
+    round(n * test_size) of them (at least one of two or more) go to test: a change in one
+    device type's flows leaves every other type's split as it was, so only that type's
+    step-2 detector retrains.
+    """
+    import numpy as np
+
+    carved = np.zeros(len(table), dtype=bool)
+    labels = table[LABEL].astype("string").fillna("").to_numpy(dtype=object)
+    for name in sorted(set(labels.tolist())):
+        pos = np.flatnonzero(labels == name)
+        k = int(np.floor(len(pos) * test_size + 0.5))
+        if len(pos) >= 2:
+            k = min(max(k, 1), len(pos) - 1)
+        carved[pos[_class_rng(seed, name).permutation(len(pos))[:k]]] = True
+    return table[~carved].reset_index(drop=True), table[carved].reset_index(drop=True)
 
 
 def split_time(table: pd.DataFrame, test_size: float) -> tuple[pd.DataFrame, pd.DataFrame, float]:
@@ -370,6 +399,78 @@ def malicious_features(
     return table, stats
 
 
+MALICIOUS_HOSTS_COLUMNS = ("ip", "mac", "label")
+
+
+def read_malicious_hosts(path: Path) -> pd.DataFrame:
+    """The malicious-hosts CSV: ``label`` and at least one of ``ip``, ``mac`` per row."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise InputError(f"{path}: malicious-hosts CSV not found (dataset.malicious_hosts)")
+    try:
+        hosts = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read malicious-hosts CSV ({exc})") from None
+    hosts.columns = [str(c).strip().lower() for c in hosts.columns]
+    if "label" not in hosts.columns or not {"ip", "mac"} & set(hosts.columns):
+        raise InputError(
+            f"{path}: needs a 'label' column and an 'ip' and/or 'mac' column, got {list(hosts.columns)}"
+        )
+    for col in ("ip", "mac"):
+        if col not in hosts.columns:
+            hosts[col] = ""
+        hosts[col] = hosts[col].str.strip().str.lower()
+    hosts["label"] = hosts["label"].str.strip()
+    for i, row in enumerate(hosts.itertuples(index=False), start=2):
+        if not row.label or not (row.ip or row.mac):
+            raise InputError(f"{path}: line {i}: needs a label and an ip or mac")
+    return hosts[list(MALICIOUS_HOSTS_COLUMNS)].reset_index(drop=True)
+
+
+def label_malicious(
+    table: pd.DataFrame, flows: pd.DataFrame, hosts: pd.DataFrame | None, stats: dict[str, Any]
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Label malicious-capture flows without a ground truth: a flow of a listed host (either
+    endpoint's IP or MAC) gets that host's label; without ``hosts`` every flow is an attack,
+    named after its capture file. The attacked device type is the flow's own device type from
+    the inventory (empty when its device is not in it: then only ``anomaly_malicious: all``
+    uses it)."""
+    import numpy as np
+    import pandas as pd
+
+    flows = flows.reset_index(drop=True)
+    n = len(table)
+    labels = np.full(n, None, dtype=object)
+    if hosts is None:
+        labels[:] = [Path(str(c)).stem for c in flows["capture"]]
+    else:
+        cols = {
+            "ip": [flows[c].astype("string").str.lower() for c in ("dev_ip", "peer_ip")],
+            "mac": [flows[c].astype("string").str.lower() for c in ("dev_mac", "peer_mac")],
+        }
+        for row in hosts.itertuples(index=False):  # first listed host wins
+            hit = np.zeros(n, dtype=bool)
+            for col in ("ip", "mac"):
+                value = getattr(row, col)
+                if value:
+                    for series in cols[col]:
+                        hit |= (series == value).fillna(False).to_numpy()
+            labels[hit & (labels == None)] = row.label  # noqa: E711 - elementwise
+    hit = labels != None  # noqa: E711 - elementwise
+    table = table.copy()
+    table["attack_type"] = pd.array(labels, dtype="string")
+    dev_type = table["device_type"].astype("string")
+    table["gt_device_type"] = dev_type.where(hit, pd.NA)
+    table["gt_device_name"] = table["device_id"].astype("string").where(hit, pd.NA)
+    per_attack = table.loc[hit, "attack_type"].value_counts().sort_index()
+    stats = {
+        **stats, "matched": int(hit.sum()), "unmatched": int((~hit).sum()),
+        "per_attack": {metric_key(k): int(v) for k, v in per_attack.items()},
+    }  # fmt: skip
+    return table, stats
+
+
 def _write(table: pd.DataFrame, path: Path) -> None:
     import pyarrow as pa
 
@@ -448,24 +549,75 @@ def run(cfg: FeaturesConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     mal_source = Path(paths.flows_malicious)
     if mal_source.is_file():
         mal_flows = read_table(mal_source, "malicious flow table")
-        gt = None
         if dataset.ground_truth is not None:
             gt = read_ground_truth(Path(dataset.ground_truth))
+            how = f"ground truth {dataset.ground_truth}"
+        elif dataset.malicious_hosts is not None:
+            gt = None
+            how = f"malicious hosts {dataset.malicious_hosts}"
         else:
-            log.warning(
-                "%s exists but dataset.ground_truth is not set: flows left unlabelled", mal_source
-            )
+            gt = None
+            how = "every flow of the malicious captures (no ground_truth, no malicious_hosts)"
         mal, mstats = malicious_features(mal_flows, gt, cfg, str(mal_source))
+        if dataset.ground_truth is None and len(mal):
+            hosts = None
+            if dataset.malicious_hosts is not None:
+                hosts = read_malicious_hosts(Path(dataset.malicious_hosts))
+            mal, mstats = label_malicious(mal, mal_flows, hosts, mstats)
+        mstats["labelled_by"] = how
         log.info(
-            "malicious flows: %d matched ground truth, %d unmatched",
-            mstats["matched"],
-            mstats["unmatched"],
-        )
+            "malicious flows (labelled by %s): %d labelled, %d not",
+            how, mstats["matched"], mstats["unmatched"],
+        )  # fmt: skip
     else:
         log.info("no malicious flow table at %s: writing an empty one", mal_source)
         mal = empty_malicious(cfg.n_packets)
         mstats = {"flows": 0, "matched": 0, "unmatched": 0, "per_attack": {}}
     _write(mal, paths.features_malicious)
     metrics["malicious"] = mstats
+    metrics["anomaly"] = write_anomaly_tables(
+        train,
+        validation,
+        test,
+        mal,
+        cfg,
+        list(dataset.device_types),
+        Path(paths.anomaly_data),
+        seed,
+    )
     sr.record(metrics)
     return metrics
+
+
+def write_anomaly_tables(
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    test: pd.DataFrame,
+    malicious: pd.DataFrame,
+    cfg: FeaturesConfig,
+    device_types: list[str],
+    folder: Path,
+    seed: int,
+) -> dict[str, Any]:
+    """Step 2's data: one table per device type (``<folder>/<type>.parquet``, see
+    ``iotwatch.anomaly.data``) for every type in ``device_types`` and in ``train``; counts."""
+    import shutil
+
+    from iotwatch.anomaly.data import Tables, device_data, slice_frame
+
+    tables = Tables(train, validation, test, malicious, model_columns(train))
+    if folder.exists():
+        shutil.rmtree(folder)  # no stale tables of types that are gone
+    folder.mkdir(parents=True)
+    counts: dict[str, Any] = {}
+    missing = sorted(set(device_types) - set(tables.device_types()))
+    if missing:
+        log.warning(
+            "dataset.device_types %s have no legitimate train flows (known: %s)",
+            missing, tables.device_types(),
+        )  # fmt: skip
+    for device in sorted(set(device_types) | set(tables.device_types())):
+        d = device_data(tables, device, cfg.anomaly_malicious, cfg.anomaly_validation_share, seed)
+        _write(slice_frame(d), folder / f"{metric_key(device)}.parquet")
+        counts[metric_key(device)] = d.counts()
+    return counts

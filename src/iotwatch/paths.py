@@ -26,6 +26,8 @@ class PathsConfig:
     plots_dir: Path
     models_dir: Path
     classifier: Path
+    anomaly_data: Path
+    anomaly_tuned: Path
     anomaly_models: Path
     anomaly_plots: Path
     report: Path
@@ -44,6 +46,12 @@ class DatasetConfig:
     inventory: Path
     inventory_format: str
     ground_truth: Path | None
+    # Optional CSV (ip and/or mac, label) naming the malicious hosts of the `malicious`
+    # captures: every flow of a listed host is an attack of that label. Without it (and without
+    # ground_truth) every flow of those captures is an attack.
+    malicious_hosts: Path | None
+    # Device types that get an anomaly detector (dvc.yaml runs tune@/autoencoder@ per item).
+    device_types: list[str]
     # CIDRs of the monitored network (which side of a flow is the device): the one home of
     # this setting; the flows stage hands it to the flow meter (FlowConfig.local_networks).
     local_networks: list[str]

@@ -54,7 +54,12 @@ def feature_tables(per_class: int = 100, seed: int = 0) -> dict[str, pd.DataFram
     return out
 
 
-def write_tables(paths: PathsConfig, **kwargs: object) -> dict[str, pd.DataFrame]:
+def write_tables(
+    paths: PathsConfig, split_seed: int = 7, malicious: str = "device", **kwargs: object
+) -> dict[str, pd.DataFrame]:
+    """The feature tables and, as the features stage writes them, the per-device tables."""
+    from iotwatch.features import FeaturesConfig, write_anomaly_tables
+
     tables = feature_tables(**kwargs)  # type: ignore[arg-type]
     for key, path in (
         ("train", paths.features_train),
@@ -65,4 +70,9 @@ def write_tables(paths: PathsConfig, **kwargs: object) -> dict[str, pd.DataFrame
         path.parent.mkdir(parents=True, exist_ok=True)
         tables[key].to_parquet(path, index=False)
     tables["train"].iloc[0:0].to_parquet(paths.features_devices, index=False)
+    cfg = FeaturesConfig(anomaly_malicious=malicious)  # type: ignore[arg-type]
+    write_anomaly_tables(
+        tables["train"], tables["validation"], tables["test"], tables["malicious"], cfg, [],
+        paths.anomaly_data, split_seed,
+    )  # fmt: skip
     return tables

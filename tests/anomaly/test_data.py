@@ -9,11 +9,11 @@ from tests.ml.conftest import make_paths
 from iotwatch.anomaly.data import (
     device_data,
     load_tables,
-    select_devices,
+    read_slice,
     skip_reason,
     split_malicious,
 )
-from iotwatch.errors import ConfigError, InputError
+from iotwatch.errors import InputError
 
 from .conftest import write_tables
 
@@ -53,15 +53,34 @@ def test_device_data(tmp_path) -> None:
     assert skip_reason(cam, 20) is None
 
 
-def test_select_devices(tmp_path) -> None:
+def test_per_device_tables_round_trip(tmp_path) -> None:
+    # what the features stage writes per device type reads back as the same splits
     paths = make_paths(tmp_path)
-    write_tables(paths)
+    write_tables(paths, split_seed=3)
     tables = load_tables(paths)
-    assert select_devices(tables, [], None) == ["bulb", "camera", "plug", "rare"]
-    assert select_devices(tables, ["plug", "bulb"], None) == ["plug", "bulb"]
-    assert select_devices(tables, ["plug"], "camera") == ["camera"]
-    with pytest.raises(ConfigError, match="unknown device type"):
-        select_devices(tables, ["toaster"], None)
+    assert sorted(p.stem for p in paths.anomaly_data.glob("*.parquet")) == [
+        "bulb", "camera", "plug", "rare",
+    ]  # fmt: skip
+    want = device_data(tables, "camera", "device", 0.5, seed=3)
+    got = read_slice(paths.anomaly_data / "camera.parquet", "camera")
+    assert got.columns == want.columns and got.device == "camera"
+    for name in ("train", "validation", "validation_attack", "test", "test_attack"):
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    assert list(got.test_attack_type) == list(want.test_attack_type)
+
+
+def test_all_malicious_mode_gives_every_type_every_attack(tmp_path) -> None:
+    paths = make_paths(tmp_path)
+    write_tables(paths, malicious="all")
+    bulb = read_slice(paths.anomaly_data / "bulb.parquet", "bulb").counts()
+    assert bulb["validation_attack"] + bulb["test_attack"] == 80
+
+
+def test_bad_per_device_table_is_input_error(tmp_path) -> None:
+    path = tmp_path / "x.parquet"
+    path.write_bytes(b"not parquet")
+    with pytest.raises(InputError, match="x.parquet: cannot read"):
+        read_slice(path, "x")
 
 
 def test_missing_table_is_input_error(tmp_path) -> None:

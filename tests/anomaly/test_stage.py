@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,9 @@ def _run(tmp: Path, cfg: AnomalyConfig) -> dict:
     tracking = TrackingConfig(
         tracking_uri=f"sqlite:///{tmp}/mlflow.db", artifact_root=str(tmp / "artifacts")
     )
-    ctx = StageContext(paths=paths, dataset=composed("experiment=tiny").dataset, seed=7)
+    # no device_types: every per-device table the features stage wrote
+    dataset = replace(composed("experiment=tiny").dataset, device_types=[])
+    ctx = StageContext(paths=paths, dataset=dataset, seed=7)
     with stage_run("anomaly", tracking, paths.metrics_dir, concern="behaviour") as sr:
         metrics = run(cfg, ctx, sr)
     return metrics
@@ -109,6 +112,7 @@ def test_one_device_without_mlflow(tmp_path) -> None:
     write_tables(paths)
     cfg = tiny(device="plug", plots=False, baselines={"knn": {"params": {"n_neighbors": 3}}})
     ctx = StageContext(paths=paths, dataset=composed("experiment=tiny").dataset, seed=0)
+    assert "plug" not in ctx.dataset.device_types  # cfg.device wins
     with stage_run("anomaly", TrackingConfig(enabled=False), paths.metrics_dir) as sr:
         m = run(cfg, ctx, sr)
     assert sorted(m) == ["plug", SKIPPED] and m[SKIPPED] == {}
@@ -134,7 +138,7 @@ def test_dataclass_defaults_equal_default_yaml() -> None:
     [
         ({"hidden": 0}, r"hidden must be >= 1"),
         ({"sparsity_target": 1.5}, r"sparsity_target"),
-        ({"malicious": "some"}, r"anomaly\.malicious"),
+        ({"output": "relu"}, r"anomaly\.output"),
         ({"baselines": {"lof": {}}}, r"unknown \['lof'\]"),
         ({"hiddn": 3}, r"unknown key"),
     ],

@@ -100,6 +100,8 @@ def make_paths(tmp_path: Path) -> PathsConfig:
         plots_dir=tmp_path / "reports/plots",
         models_dir=tmp_path / "models",
         classifier=tmp_path / "models/classifier.skops",
+        anomaly_data=tmp_path / "processed/anomaly",
+        anomaly_tuned=tmp_path / "models/tuned",
         anomaly_models=tmp_path / "models/anomaly",
         anomaly_plots=tmp_path / "reports/anomaly",
         report=tmp_path / "reports/report.md",

@@ -145,12 +145,12 @@ def test_config_errors_are_clean(data, pattern) -> None:
         from_dict(FeaturesConfig, data, "features")
 
 
-def _dataset(ground_truth: Path | None = None) -> DatasetConfig:
+def _dataset(ground_truth: Path | None = None, hosts: Path | None = None) -> DatasetConfig:
     """The dataset section the features stage reads (only ground_truth matters here)."""
     return DatasetConfig(
         name="test", generate=[], captures=Path("captures"), malicious=None,
         inventory=Path("inventory.csv"), inventory_format="csv", ground_truth=ground_truth,
-        local_networks=[],
+        malicious_hosts=hosts, local_networks=[], device_types=[],
     )  # fmt: skip
 
 
@@ -223,3 +223,82 @@ def test_tables_are_written_whole_or_not_at_all(tmp_path, flows_factory) -> None
         raise RuntimeError("writer failed")
     pd.testing.assert_frame_equal(pd.read_parquet(path), table)  # the old file is untouched
     assert [p.name for p in path.parent.iterdir()] == ["train.parquet"]
+
+
+def _malicious_run(tmp_path, paths, flows_factory, hosts_csv: str | None):
+    flows = flows_factory(per_class=30)
+    flows["flow_id"] = range(len(flows))
+    paths.flows.parent.mkdir(parents=True)
+    flows.to_parquet(paths.flows)
+    mal = flows_factory(per_class=4, seed=5).reset_index(drop=True)
+    mal["capture"] = "mirai-lab.pcap"
+    mal.to_parquet(paths.flows_malicious)
+    hosts = None
+    if hosts_csv is not None:
+        hosts = tmp_path / "hosts.csv"
+        hosts.write_text(hosts_csv)
+    ds = _dataset(hosts=hosts)
+    ds = DatasetConfig(**{**ds.__dict__, "device_types": ["camera", "toaster"]})
+    m = run(FeaturesConfig(), StageContext(paths, ds, 0), StageRun("features", None, None))
+    return mal, m, pd.read_parquet(paths.features_malicious)
+
+
+def test_malicious_hosts_label_every_flow_of_a_listed_host(tmp_path, paths, flows_factory):
+    from iotwatch.anomaly.data import read_slice
+
+    mal0 = flows_factory(per_class=4, seed=5).reset_index(drop=True)
+    cam = mal0[mal0["device_type"] == "camera"]
+    ip, mac = cam["dev_ip"].iloc[0], mal0[mal0["device_type"] == "plug"]["dev_mac"].iloc[0]
+    mal, m, table = _malicious_run(
+        tmp_path, paths, flows_factory, f"ip,mac,label\n{ip},,mirai\n,{mac.upper()},scan\n"
+    )
+    want_cam = int((mal["dev_ip"] == ip).sum())
+    want_plug = int((mal["dev_mac"] == mac).sum())
+    assert m["malicious"]["per_attack"] == {"mirai": want_cam, "scan": want_plug}
+    assert m["malicious"]["matched"] == want_cam + want_plug > 0
+    assert "malicious hosts" in m["malicious"]["labelled_by"]
+    # the attacked type is the flow's own device type; those flows feed that type's table
+    assert set(table.loc[table["attack_type"] == "mirai", "gt_device_type"]) == {"camera"}
+    cam_slice = read_slice(paths.anomaly_data / "camera.parquet", "camera").counts()
+    assert cam_slice["validation_attack"] + cam_slice["test_attack"] == want_cam
+    # a listed type without flows still gets a (empty) table, so its stages can say why
+    toaster = read_slice(paths.anomaly_data / "toaster.parquet", "toaster").counts()
+    assert toaster["train"] == 0
+    assert m["anomaly"]["toaster"]["train"] == 0
+
+
+def test_without_labels_every_malicious_flow_is_an_attack(tmp_path, paths, flows_factory):
+    mal, m, table = _malicious_run(tmp_path, paths, flows_factory, None)
+    assert m["malicious"]["matched"] == len(mal) and m["malicious"]["unmatched"] == 0
+    assert m["malicious"]["per_attack"] == {"mirai-lab": len(mal)}
+    assert set(table["attack_type"]) == {"mirai-lab"}
+
+
+@pytest.mark.parametrize(
+    ("csv", "pattern"),
+    [
+        ("host,label\n1.2.3.4,x\n", r"hosts.csv: needs a 'label' column and an 'ip' and/or"),
+        ("ip,label\n1.2.3.4,\n", r"hosts.csv: line 2: needs a label"),
+    ],
+)
+def test_bad_malicious_hosts_csv(tmp_path, paths, flows_factory, csv, pattern) -> None:
+    with pytest.raises(InputError, match=pattern):
+        _malicious_run(tmp_path, paths, flows_factory, csv)
+
+
+def test_stratified_split_of_one_class_ignores_the_others(flows_factory) -> None:
+    # per-class generators: adding flows of one type leaves every other type's split as it
+    # was, so DVC retrains only that type's step-2 detector
+    table = build_features(flows_factory(per_class=40), 10, "device_type", "flows")
+    more = build_features(
+        flows_factory(per_class=15, seed=9, classes={"camera": (900.0, 120.0, 0.02)}),
+        10, "device_type", "more",
+    )  # fmt: skip
+    bigger = pd.concat([table, more], ignore_index=True)
+    _, test_a = split_stratified(table, 0.25, seed=3)
+    _, test_b = split_stratified(bigger, 0.25, seed=3)
+    for cls in ("bulb", "plug"):
+        a = test_a[test_a["label"] == cls].reset_index(drop=True)
+        b = test_b[test_b["label"] == cls].reset_index(drop=True)
+        pd.testing.assert_frame_equal(a, b)
+    assert (test_b["label"] == "camera").sum() == round(55 * 0.25)

@@ -1,5 +1,9 @@
 """Per-device splits for the anomaly detectors.
 
+The features stage writes one table per device type (``paths.anomaly_data/<type>.parquet``,
+``slice_frame``) so that DVC retrains a device type's detector only when its own data changed;
+the autoencoder and tune stages read it back with ``read_slice``.
+
 For device type D:
 * train: D's legitimate train flows (features_train, label == D);
 * validation: D's legitimate validation flows + a share (``validation_share``) of the malicious
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -171,6 +176,62 @@ def device_data(
     )
 
 
+SPLIT = "split"  # train | validation | test
+ATTACK = "attack"  # bool
+ATTACK_TYPE = "attack_type"  # '' for legitimate flows
+DEVICE_TYPE = "device_type"
+
+
+def slice_frame(d: DeviceData) -> pd.DataFrame:
+    """One device type's data as a table: features, split, attack, attack_type, device_type."""
+    import pandas as pd
+
+    parts = [
+        ("train", d.train, np.zeros(len(d.train), bool), np.full(len(d.train), "", object)),
+        ("validation", d.validation, d.validation_attack, d.validation_attack_type),
+        ("test", d.test, d.test_attack, d.test_attack_type),
+    ]
+    frames = []
+    for name, x, attack, types in parts:
+        f = pd.DataFrame(np.asarray(x, dtype="float64").reshape(len(x), len(d.columns)),
+                         columns=d.columns)  # fmt: skip
+        f[SPLIT] = pd.array([name] * len(x), dtype="string")
+        f[ATTACK] = np.asarray(attack, dtype=bool)
+        f[ATTACK_TYPE] = pd.array([str(t) for t in types], dtype="string")
+        frames.append(f)
+    out = pd.concat(frames, ignore_index=True)
+    out[DEVICE_TYPE] = pd.array([d.device] * len(out), dtype="string")
+    return out
+
+
+def read_slice(path: Path | str, device: str) -> DeviceData:
+    """Read a table written from ``slice_frame`` (InputError naming the file when wrong)."""
+    from iotwatch.features import read_table
+
+    path = Path(path)
+    frame = read_table(path, f"anomaly table of device type {device!r} (features stage)")
+    meta = (SPLIT, ATTACK, ATTACK_TYPE, DEVICE_TYPE)
+    missing = [c for c in meta if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {missing} (written by the features stage?)")
+    cols = [c for c in frame.columns if c not in meta]
+    split = frame[SPLIT].astype(str).to_numpy()
+    attack = frame[ATTACK].to_numpy(dtype=bool)
+    types = frame[ATTACK_TYPE].astype("string").fillna("").astype(str).to_numpy(dtype=object)
+    x = frame[cols].to_numpy(dtype="float64")
+
+    def part(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        m = split == name
+        return x[m], attack[m], types[m]
+
+    tr, tr_att, _ = part("train")
+    if tr_att.any():
+        raise InputError(f"{path}: attack flows in the train split (train is legitimate only)")
+    va, va_att, va_types = part("validation")
+    te, te_att, te_types = part("test")
+    return DeviceData(device, cols, tr, va, va_att, va_types, te, te_att, te_types)
+
+
 def skip_reason(data: DeviceData, min_train_flows: int) -> str | None:
     """Why ``data`` cannot be used (None when it can)."""
     c = data.counts()
@@ -181,17 +242,3 @@ def skip_reason(data: DeviceData, min_train_flows: int) -> str | None:
     if c["test_legit"] + c["test_attack"] == 0:
         return "no test flows"
     return None
-
-
-def select_devices(tables: Tables, devices: list[str], device: str | None) -> list[str]:
-    """The device types to model: ``device``, else ``devices``, else all (sorted)."""
-    from iotwatch.errors import ConfigError
-
-    known = tables.device_types()
-    wanted = [device] if device else list(devices)
-    if not wanted:
-        return known
-    unknown = [d for d in wanted if d not in known]
-    if unknown:
-        raise ConfigError(f"anomaly: unknown device type(s) {unknown}; known: {known}")
-    return wanted

@@ -155,12 +155,14 @@ def train_autoencoder(
     work_dir: Path | str | None = None,
     tracking_uri: str | None = None,
     run_id: str | None = None,
+    callbacks: list[pl.Callback] | None = None,
 ) -> dict[str, Any]:
     """Fit ``model`` on ``train_x`` (scaled legitimate flows), early-stopping on the MSE of
     ``val_x`` (scaled legitimate validation flows); restores the best epoch's weights and
     leaves the model on the CPU in eval mode. With ``tracking_uri`` and ``run_id`` the
     per-epoch losses go to that existing MLflow run; otherwise no logger. Nothing is written
-    outside ``work_dir`` (a temporary folder when None). Returns epochs, best epoch/loss, seconds.
+    outside ``work_dir`` (a temporary folder when None). ``callbacks`` are added to the
+    trainer's (e.g. the tune stage's pruning callback). Returns epochs, best epoch/loss, seconds.
     The model's initial weights are the caller's: seed before building it (``fit_autoencoder``).
     """
     from pytorch_lightning.callbacks import EarlyStopping
@@ -193,7 +195,7 @@ def train_autoencoder(
             max_epochs=settings.max_epochs,
             deterministic=True,
             logger=logger,
-            callbacks=[stop, best],
+            callbacks=[stop, best, *(callbacks or [])],
             enable_checkpointing=False,
             enable_progress_bar=settings.enable_progress_bar,
             enable_model_summary=False,

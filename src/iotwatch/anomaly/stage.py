@@ -8,8 +8,10 @@ on validation (best F1, the headline; and the ``target_fpr`` quantile of legitim
 A flow is an attack when its score is > the threshold (see ``threshold``).
 
 Files per device D (metric_key(D) as folder name):
-``<paths.anomaly_models>/D/{state_dict.pt, scaler.json, threshold.json, model.json}`` and
-``<paths.anomaly_plots>/D/{roc.png, pr.png, errors.png}``.
+``<paths.anomaly_models>/D/{state_dict.pt, scaler.json, threshold.json, model.json, metrics.json}``
+and ``<paths.anomaly_plots>/D/{roc.png, pr.png, errors.png, roc.csv, pr.csv}`` (the CSVs are
+the autoencoder's curves for `dvc plots`). The data is ``<paths.anomaly_data>/D.parquet``
+(written by the features stage); tuned parameters come from ``<paths.anomaly_tuned>/D.json``.
 """
 
 from __future__ import annotations
@@ -74,12 +76,10 @@ class AnomalyConfig:
     min_delta: float = 0.0
     accelerator: str = "auto"
     enable_progress_bar: bool = False
-    # Features and data.
+    # Features and data (which attack flows each device type gets: conf/features/).
     log1p: bool = True
-    devices: list[str] = field(default_factory=list)  # [] = every device type
-    device: str | None = None  # one device type (overrides devices)
-    malicious: Literal["device", "all"] = "device"
-    validation_share: float = 0.5
+    device: str | None = None  # one device type (the DVC stage's item); None = dataset.device_types
+    tuned: bool = True  # use paths.anomaly_tuned/<type>.json (the tune stage's best parameters)
     min_train_flows: int = 50
     # Thresholds.
     target_fpr: float = 0.01
@@ -99,8 +99,6 @@ class AnomalyConfig:
             raise ValueError(f"sparsity_target must be in (0, 1), got {self.sparsity_target}")
         if self.sparsity_weight < 0:
             raise ValueError(f"sparsity_weight must be >= 0, got {self.sparsity_weight}")
-        if not 0.0 < self.validation_share < 1.0:
-            raise ValueError(f"validation_share must be in (0, 1), got {self.validation_share}")
         if not 0.0 <= self.target_fpr < 1.0:
             raise ValueError(f"target_fpr must be in [0, 1), got {self.target_fpr}")
         if self.min_train_flows < 2:
@@ -223,6 +221,20 @@ def load_device(folder: Path | str) -> DeviceDetector:
     return DeviceDetector(model, scaler, float(thr["threshold"]), float(thr["fpr_threshold"]))
 
 
+def write_curve(path: Path, kind: str, y: np.ndarray, scores: np.ndarray) -> None:
+    """The autoencoder's test ROC (fpr, tpr) or PR (recall, precision) curve as CSV (DVC plots)."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    if kind == "roc":
+        a, b, _ = roc_curve(y, scores)
+        header, rows = "fpr,tpr", zip(a, b, strict=True)
+    else:
+        p, r, _ = precision_recall_curve(y, scores)
+        header, rows = "recall,precision", zip(r[::-1], p[::-1], strict=True)
+    lines = [header] + [f"{u:.6g},{v:.6g}" for u, v in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def plot_device(
     device: str,
     y: np.ndarray,
@@ -252,6 +264,7 @@ def plot_device(
                 else:
                     p, r, _ = precision_recall_curve(y, s)
                     ax.plot(r, p, label=name, lw=1.8 if name == "autoencoder" else 1)
+            write_curve(folder / f"{kind}.csv", kind, y, scores["autoencoder"])
             if kind == "roc":
                 ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls=":")
                 ax.set_xlabel("false positive rate")
@@ -326,7 +339,6 @@ def run_device(
             "max_epochs": cfg.max_epochs,
             "patience": cfg.patience,
             "log1p": cfg.log1p,
-            "malicious": cfg.malicious,
             "target_fpr": cfg.target_fpr,
         }
     )  # hidden/lr/sparsity_* are logged by Lightning's MLFlowLogger (the module's hparams)
@@ -377,6 +389,11 @@ def run_device(
             "target_fpr": cfg.target_fpr,
         },
     )
+    import pandas as pd
+
+    from iotwatch.registry import log_anomaly_model
+
+    log_anomaly_model(folder, d.device, msr, pd.DataFrame(d.validation[:5], columns=d.columns))
     if cfg.plots:
         pngs = plot_device(
             d.device,
@@ -395,36 +412,112 @@ def run_device(
     return m
 
 
+def tuned_params(cfg: AnomalyConfig, path: Path) -> tuple[AnomalyConfig, dict[str, Any]]:
+    """``cfg`` with the tune stage's best parameters from ``path`` applied (when ``cfg.tuned``
+    and the file holds a tuned result); returns the config and what was applied."""
+    from dataclasses import replace
+
+    if not cfg.tuned or not path.is_file():
+        return cfg, {}
+    try:
+        tuned = json.loads(path.read_text())
+        params = dict(tuned.get("params") or {}) if tuned.get("tuned") else {}
+    except (OSError, json.JSONDecodeError, AttributeError) as exc:
+        raise InputError(f"{path}: not a tune result ({exc})") from None
+    unknown = sorted(set(params) - set(TUNABLE))
+    if unknown:
+        raise InputError(f"{path}: unknown tuned parameter(s) {unknown}; tunable: {list(TUNABLE)}")
+    try:
+        return replace(cfg, **params), params
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{path}: bad tuned parameters ({exc})") from None
+
+
+# Parameters the tune stage may set (AnomalyConfig fields).
+TUNABLE = ("hidden", "lr", "sparsity_target", "sparsity_weight")
+
+
+def device_types(ctx: StageContext, device: str | None) -> list[str]:
+    """The types a stage handles: ``device``, else dataset.device_types, else every table."""
+    if device:
+        return [device]
+    if ctx.dataset.device_types:
+        return list(ctx.dataset.device_types)
+    folder = Path(ctx.paths.anomaly_data)
+    return sorted(p.stem for p in folder.glob("*.parquet"))
+
+
+def load_device_data(ctx: StageContext, device: str) -> tuple[DeviceData | None, str | None]:
+    """(data, None), or (None, why it is missing) when the features stage wrote no table."""
+    from iotwatch.anomaly.data import read_slice
+    from iotwatch.features import metric_key
+
+    path = Path(ctx.paths.anomaly_data) / f"{metric_key(device)}.parquet"
+    if not path.is_file():
+        return None, f"no table {path} (no legitimate flows of this type in the features stage)"
+    return read_slice(path, device), None
+
+
+def write_skipped(models_dir: Path, plots_dir: Path, key: str, skipped: dict[str, Any]) -> None:
+    """A skipped type still gets its (DVC-tracked) folders, saying why, and no model files."""
+    import shutil
+
+    for folder in (models_dir / key, plots_dir / key):
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+    (models_dir / key / METRICS_FILE).write_text(
+        json.dumps({SKIPPED: skipped}, indent=2, sort_keys=True) + "\n"
+    )
+    (plots_dir / key / "SKIPPED.txt").write_text(f"{skipped['reason']}\n")
+
+
+METRICS_FILE = "metrics.json"  # a device folder's test metrics (read by the anomaly stage)
+
+
 def run(cfg: AnomalyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
-    """Anomaly stage: per device type, train the AE and baselines, threshold on validation,
-    report test metrics; devices with too few flows are listed under ``skipped``."""
-    from iotwatch.anomaly.data import device_data, load_tables, select_devices, skip_reason
+    """Autoencoder stage: per device type (``cfg.device``, else dataset.device_types), train the
+    AE and baselines, threshold on validation, report test metrics; each type's metrics also
+    go to ``<anomaly_models>/<type>/metrics.json`` (the anomaly stage gathers them). Types with
+    too few flows are skipped with the reason (listed under ``skipped``)."""
+    from iotwatch.anomaly.data import skip_reason
     from iotwatch.features import metric_key
 
     paths, seed = ctx.paths, ctx.seed
-    tables = load_tables(paths)
-    devices = select_devices(tables, cfg.devices, cfg.device)
-    labelled = int(tables.malicious["attack_type"].notna().sum())
-    log.info(
-        "anomaly: %d device type(s), %d features, %d labelled malicious flows (%s)",
-        len(devices), len(tables.columns), labelled, cfg.malicious,
-    )  # fmt: skip
+    models_dir, plots_dir = Path(paths.anomaly_models), Path(paths.anomaly_plots)
     metrics: dict[str, Any] = {}
     skipped: dict[str, Any] = {}
-    for device in devices:
-        d = device_data(tables, device, cfg.malicious, cfg.validation_share, seed)
-        reason = skip_reason(d, cfg.min_train_flows)
+    for device in device_types(ctx, cfg.device):
+        key = metric_key(device)
+        d, reason = load_device_data(ctx, device)
+        if d is not None:
+            reason = skip_reason(d, cfg.min_train_flows)
         if reason is not None:
             log.warning("anomaly: skipping device type %s: %s", device, reason)
-            skipped[metric_key(device)] = {"reason": reason, **d.counts()}
+            skipped[key] = {"reason": reason, **(d.counts() if d is not None else {})}
+            write_skipped(models_dir, plots_dir, key, skipped[key])
             continue
+        assert d is not None
+        dcfg, applied = tuned_params(cfg, Path(paths.anomaly_tuned) / f"{key}.json")
+        if applied:
+            log.info("anomaly %s: tuned parameters %s", device, applied)
         log.info("anomaly %s: %s", device, d.counts())
         with sr.child(f"anomaly/{device}", {"device_type": device}) as msr:
-            metrics[metric_key(device)] = run_device(
-                cfg, d, seed, Path(paths.anomaly_models), Path(paths.anomaly_plots), msr
-            )
+            m = run_device(dcfg, d, seed, models_dir, plots_dir, msr)
+        m["tuned"] = applied
+        (models_dir / key / METRICS_FILE).write_text(
+            json.dumps(m, indent=2, sort_keys=True, default=_plain) + "\n"
+        )
+        metrics[key] = m
     if not metrics:
         log.warning("anomaly: no device type could be modelled (see 'skipped')")
     metrics[SKIPPED] = skipped
     sr.record(metrics)
     return metrics
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars in metrics -> Python numbers (json.dumps ``default``)."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON: {type(value).__name__}")

@@ -69,10 +69,14 @@ class Stage:
 
     module: str  # iotwatch module holding ``run(cfg, ctx: StageContext, sr: StageRun)``
     config: str | None  # "Class" in that module (or "module:Class") typed from ``section``
-    section: str | None  # params.yaml section of the stage's own settings
+    # params.yaml section of the stage's own settings; a tuple types {name: section, ...}
+    section: str | tuple[str, ...] | None
     concern: str  # MLflow experiment: iotwatch/<concern>
     logged: tuple[str, ...]  # params sections logged with the run (besides seed)
     outputs: tuple[str, ...]  # keys of `paths` it writes (re-rooted per job in Hydra sweeps)
+    # Writes reports/metrics/<stage>.json. Per-item stages (dvc.yaml foreach) do not: several
+    # items would share the file; they write into their own outputs instead.
+    metrics_file: bool = True
 
     def config_class(self) -> type | None:
         if self.config is None:
@@ -106,24 +110,46 @@ STAGES: dict[str, Stage] = {
         "iotwatch.classify", "ClassifyConfig", "classify", "device-recognition", ("classify",),
         ("classifier", "plots_dir"),
     ),
-    "anomaly": Stage(
+    "tune": Stage(
+        "iotwatch.anomaly.tune", "TuneStageConfig", ("tune", "anomaly"), "behaviour",
+        ("tune", "anomaly"), ("anomaly_tuned",), metrics_file=False,
+    ),
+    "autoencoder": Stage(
         "iotwatch.anomaly.stage", "AnomalyConfig", "anomaly", "behaviour", ("anomaly",),
-        ("anomaly_models", "anomaly_plots"),
+        ("anomaly_models", "anomaly_plots"), metrics_file=False,
+    ),
+    "anomaly": Stage(
+        "iotwatch.anomaly.summary", None, None, "behaviour", (), ("anomaly_plots",),
     ),
     "report": Stage("iotwatch.report", None, None, "report", (), ("report",)),
 }  # fmt: skip
 
 
-def run_stage(name: str, params: Params) -> dict[str, Any]:
-    """Run one stage inside its MLflow parent run; return its metrics."""
+def stage_config(stage: Stage, params: Params) -> Any:
+    """The stage's typed settings (None for a stage without any)."""
+    cls = stage.config_class()
+    if cls is None or not stage.section:
+        return None
+    if isinstance(stage.section, str):
+        return params.typed(stage.section, cls)
+    data = {name: params.sections.get(name) for name in stage.section}
+    where = f"{params.source}: {'+'.join(stage.section)}"
+    return from_dict(cls, data, where, strict=True)
+
+
+def run_stage(
+    name: str, params: Params, *, run_options: dict[str, Any] | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    """Run one stage inside its MLflow parent run; return its metrics. ``kwargs`` go to the
+    stage's ``run`` (e.g. the tune stage's ``worker``), ``run_options`` to ``stage_run``
+    (a Hydra job's tags and composed configuration)."""
     if name not in STAGES:
         raise ConfigError(f"unknown stage '{name}'; stages: {', '.join(STAGES)}")
     stage = STAGES[name]
     logged = {"seed": params.seed}
     for s in stage.logged:
         logged[s] = params.sections.get(s, {})
-    cls = stage.config_class()
-    cfg = params.typed(stage.section, cls) if cls is not None and stage.section else None
+    cfg = stage_config(stage, params)
     ctx = StageContext(paths=params.paths, dataset=params.dataset, seed=params.seed)
     func = stage.func()
     log.info("stage %s: starting", name)
@@ -131,12 +157,13 @@ def run_stage(name: str, params: Params) -> dict[str, Any]:
     with stage_run(
         name,
         params.tracking,
-        params.paths.metrics_dir,
+        params.paths.metrics_dir if stage.metrics_file else None,
         concern=stage.concern,
         dataset=params.dataset.name,
         params=logged,
+        **(run_options or {}),
     ) as sr:
-        metrics = func(cfg, ctx, sr)
+        metrics = func(cfg, ctx, sr, **kwargs)
     log.info("stage %s: done in %.1f s", name, time.perf_counter() - t0)
     return metrics
 
@@ -148,7 +175,14 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("name", choices=list(STAGES))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument(
+        "--device", default=None,
+        help="one device type (dvc.yaml's tune@TYPE / autoencoder@TYPE): sets anomaly.device",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    params = params_from_dict(read_params(args.params), str(args.params))
+    data = read_params(args.params)
+    if args.device is not None:
+        data["anomaly"] = {**(data.get("anomaly") or {}), "device": args.device}
+    params = params_from_dict(data, str(args.params))
     run_stage(args.name, params)
     return 0
