@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iotwatch.errors import InputError
+from iotwatch.flowmeter.discover import capture_magics, list_captures
+
+__all__ = ["capture_magics", "flows_per_type", "list_captures", "meter_dataset", "run"]
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -24,31 +27,6 @@ if TYPE_CHECKING:
     from iotwatch.tracking import StageRun
 
 log = logging.getLogger(__name__)
-
-
-def capture_magics() -> tuple[bytes, ...]:
-    """The leading bytes of every file the flow meter reads (its reader's own table)."""
-    from iotwatch.flowmeter.reader import GZIP_MAGIC, PCAP_MAGICS, PCAPNG_MAGIC
-
-    return (*PCAP_MAGICS, PCAPNG_MAGIC, GZIP_MAGIC)
-
-
-def list_captures(path: Path) -> list[Path]:
-    """A capture file, or every capture (recognised by magic number) under a directory."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise InputError(f"{path}: no such capture file or directory")
-    magics = capture_magics()
-    found = []
-    for p in sorted(path.rglob("*")):
-        if not p.is_file() or p.name.startswith("."):
-            continue
-        with p.open("rb") as fh:
-            head = fh.read(4)
-        if head.startswith(magics):
-            found.append(p)
-    return found
 
 
 def meter_dataset(

@@ -4,8 +4,10 @@ How it works (docs/flows.md has the flow definition):
 
 1. Each batch is reduced to the metered packets and the columns the meter reads (no copy when
    nothing is filtered out).
-2. The reorder window (``reorder.ReorderWindow``) holds back the packets of the last
-   ``reorder_window`` seconds, so what is metered is always in timestamp order.
+2. The clock guard (``clock.ClockGuard``) meters a timestamp far outside the capture's trend
+   (a damaged record, a clock that jumped and came back) at its neighbours' time, so it cannot
+   move the clock; the reorder window (``reorder.ReorderWindow``) then holds back the packets
+   of the last ``reorder_window`` seconds, so what is metered is always in timestamp order.
 3. ``_meter_kernels.meter_run`` meters packets in that order against a streaming flow table
    (``flowtable._Pool``: an open-addressing hash table over a pool of flow records). Idle,
    active and close cuts are decided per packet, so chunk boundaries cannot change the result.
@@ -26,15 +28,27 @@ import numpy as np
 
 from iotwatch.errors import InputError
 from iotwatch.flowmeter import _meter_kernels as K
+from iotwatch.flowmeter.clock import ClockGuard, jump_ns
 from iotwatch.flowmeter.config import TIMESTAMP_UNITS_NS, FlowConfig
 from iotwatch.flowmeter.finished import Block, _FinishedFlows
 from iotwatch.flowmeter.flowtable import _Pool, feature_resolution
-from iotwatch.flowmeter.packets import PacketBatch
+from iotwatch.flowmeter.packets import PacketBatch, ReadIssue
 from iotwatch.flowmeter.reorder import _DTYPES, _NO_PERM, _NO_ROWS, ReorderWindow
 
 _NS = 1_000_000_000
 
 MAX_THREADS = 64  # each flow table costs memory and a pass over every row
+
+
+def _when(ns: int) -> str:
+    """A timestamp in ns as UTC text (seconds when out of the calendar's range)."""
+    import datetime as dt
+
+    try:
+        t = dt.datetime.fromtimestamp(ns / _NS, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"{ns / _NS:.0f} s"
+    return t.strftime("%Y-%m-%d %H:%M:%S.%f UTC")
 
 
 class FlowMeter:
@@ -73,6 +87,7 @@ class FlowMeter:
         )  # fmt: skip
         self.seq = 0  # packets of the capture seen so far (their order in the file)
         self.reorder = ReorderWindow(self.window)
+        self.clock = ClockGuard(jump_ns(config.reorder_window))
         self.done_ts: int | None = None  # everything at or before this time is processed
         self.pools = [_Pool(self.n, self.POOL0, self.OUT_ROWS) for _ in range(self.threads)]
         self.done = _FinishedFlows(self.n, int(self.params[8]))
@@ -185,7 +200,13 @@ class FlowMeter:
         if len(batch) == 0:
             return
         c, idx = self._prepare(batch)
-        self.reorder.push(c, idx, self.done_ts, self._run, self._sweep_if)
+        for part, rows in self.clock.admit(c, idx, batch.offset):
+            self.reorder.push(part, rows, self._run, self._sweep_if)
+
+    def _release_clock(self) -> None:
+        """The packets the clock guard holds back, decided as at the end of the capture."""
+        for part, rows in self.clock.flush():
+            self.reorder.push(part, rows, self._run, self._sweep_if)
 
     def advance(self, now: int) -> None:
         """The source's clock reached ``now`` (ns, the packets' time base) with no packet since:
@@ -194,7 +215,9 @@ class FlowMeter:
         earlier timestamp than that is clamped to it (counted in ``late``)."""
         if self.unit != 1:
             now = (now // self.unit) * self.unit
+        self._release_clock()  # the source's clock vouches for the packets held back
         watermark = int(now) - self.window
+        self.reorder.advance(int(now))
         self.reorder.release(watermark, self._run)
         if self.done_ts is None or watermark > self.done_ts:
             self.done_ts = watermark
@@ -204,6 +227,28 @@ class FlowMeter:
     def late(self) -> int:
         """Packets later than the reorder window (clamped to the processed time)."""
         return self.reorder.late
+
+    @property
+    def clock_jumps(self) -> int:
+        """Packets whose timestamp was far outside the trend (metered at their neighbours')."""
+        return self.clock.count
+
+    def clock_issues(self, name: str) -> list[ReadIssue]:
+        """The clock guard's outliers as issues of capture ``name`` (file, byte offset): the
+        first ``MAX_REPORTED`` one by one, then one line counting the rest."""
+        out = []
+        for offset, ts, at in self.clock.reports:
+            way = "ahead of" if ts > at else "behind"
+            out.append(ReadIssue(name, offset, (
+                f"timestamp {_when(ts)} is {abs(ts - at) / _NS:.6g} s {way} the capture's "
+                f"trend (a clock jump or a damaged record): metered at {_when(at)}")))  # fmt: skip
+        more = self.clock.count - len(self.clock.reports)
+        if more > 0:
+            last = self.clock.reports[-1][0] if self.clock.reports else 0
+            out.append(ReadIssue(name, last, (
+                f"and {more} more packet(s) with a timestamp far outside the trend, metered "
+                "at their neighbours' time")))  # fmt: skip
+        return out
 
     def _sweep_if(self, processed: bool) -> None:
         """After a chunk was metered, emit the flows idle since: the pool keeps only live flows."""
@@ -256,7 +301,7 @@ class FlowMeter:
         return {
             "open": int(sum(len(s) for s in self.open_slots())),
             "finished": int(self.done.rows),
-            "pending": self.reorder.held(),
+            "pending": self.reorder.held() + self.clock.pending(),
         }
 
     def finish(self) -> Block:
@@ -271,6 +316,7 @@ class FlowMeter:
         flows that start before the next block's first open flow: memory never holds a copy of
         every open flow besides the pools (a capture that ends with many flows open).
         """
+        self._release_clock()
         self.reorder.flush(self._run)
         self._drain()
         now = self.done_ts if self.done_ts is not None else 0

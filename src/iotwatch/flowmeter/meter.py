@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from iotwatch.errors import InputError
+from iotwatch.errors import InputError, OutputError
 from iotwatch.flowmeter.arrow_table import build_table
 from iotwatch.flowmeter.config import FlowConfig
 from iotwatch.flowmeter.engine import MAX_THREADS, FlowMeter
@@ -52,6 +52,7 @@ class FlowResult:
     table: pa.Table | None = None  # the flows, when metered in memory
     stats: ReadStats = field(default_factory=ReadStats)
     late_packets: int = 0
+    clock_jumps: int = 0  # packets far outside the trend, metered at their neighbours' time
     rows: int = -1  # flows (the table's rows, also when it was streamed)
     path: Path | None = None  # the Parquet file the flows were streamed to
 
@@ -88,21 +89,26 @@ class FlowResult:
         ]
         if self.late_packets:
             parts.append(f"{self.late_packets} packets beyond the reorder window")
+        if self.clock_jumps:
+            parts.append(f"{self.clock_jumps} packets with a timestamp far outside the trend")
         return "; ".join(parts)
 
     def to_parquet(self, path: str | Path) -> None:
         """Write the flow table as Parquet (parent folders created)."""
-        from iotwatch.flowmeter.schema import write_parquet
+        from iotwatch.flowmeter.schema import replacing, write_parquet
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         if self.table is None:  # streamed: copy the file (unless it is that file)
             import shutil
 
             if self.path is None:
                 raise ValueError("no table and no streamed file")
             if path.resolve() != self.path.resolve():
-                shutil.copyfile(self.path, path)
+                with replacing(path) as tmp:
+                    try:
+                        shutil.copyfile(self.path, tmp)
+                    except OSError as exc:
+                        raise OutputError.from_os(tmp, exc) from None
             return
         write_parquet(self.table, path)
 
@@ -158,7 +164,7 @@ def meter_captures(
         finally:
             if bar is not None:
                 bar.close()
-    late = 0
+    late = jumps = 0
     try:
         for i, path in enumerate(paths):
             meter = FlowMeter(config, threads)
@@ -170,6 +176,8 @@ def meter_captures(
             finally:
                 meter.close()
             late += meter.late
+            jumps += meter.clock_jumps
+            stats.issues.extend(meter.clock_issues(str(path)))
             del meter  # its flow pool and buffers: freed before the table is built
             flows["file"] = np.full(len(flows["seq0"]), i, np.int64)
             all_flows.append(flows)
@@ -185,7 +193,7 @@ def meter_captures(
         feats = {k: np.concatenate([f[k] for f in all_feats]) for k in all_feats[0]}
     del all_flows, all_feats
     table = build_table(flows, feats, names, config, inventory)
-    return FlowResult(table=table, stats=stats, late_packets=late)
+    return FlowResult(table=table, stats=stats, late_packets=late, clock_jumps=jumps)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from iotwatch.errors import OutputError
 from iotwatch.flowmeter.schema import dictionary_columns
 from iotwatch.flowmeter.stream import START_NS, FlowStream
 
@@ -27,7 +28,8 @@ class _BackgroundWriter:
 
     Parquet encoding and compression release the GIL, so building the next part of the table
     (numpy, in this thread) overlaps writing the previous one. A write error is re-raised by the
-    next ``put`` or by ``close``.
+    next ``put`` or by ``close``; the disk's errors (``OSError``: full, read-only, ...) as an
+    ``OutputError`` naming the file.
     """
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
@@ -36,7 +38,12 @@ class _BackgroundWriter:
 
         import pyarrow.parquet as pq
 
-        self._writer = pq.ParquetWriter(path, schema, use_dictionary=dictionary_columns(schema))
+        self.path = path
+        try:
+            self._writer = pq.ParquetWriter(path, schema,
+                                            use_dictionary=dictionary_columns(schema))  # fmt: skip
+        except OSError as exc:
+            raise OutputError.from_os(path, exc) from None
         self._q: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="flowmeter-writer", daemon=True)
@@ -50,19 +57,27 @@ class _BackgroundWriter:
                 except BaseException as exc:  # raised in the owner's thread
                     self._error = exc
 
+    def _raise(self) -> None:
+        exc = self._error
+        if isinstance(exc, OSError):
+            raise OutputError.from_os(self.path, exc) from None
+        if exc is not None:
+            raise exc
+
     def put(self, table: pa.Table) -> None:
         """Queue one part (blocks while two parts wait)."""
-        if self._error is not None:
-            raise self._error
+        self._raise()
         self._q.put(table)
 
     def close(self) -> None:
         """Write what is queued, close the file; raise the first write error."""
         self._q.put(None)
         self._thread.join()
-        self._writer.close()
-        if self._error is not None:
-            raise self._error
+        try:
+            self._writer.close()
+        except OSError as exc:
+            self._error = self._error or exc
+        self._raise()
 
     def abort(self) -> None:
         """Stop after an error elsewhere: drop what is queued, close quietly (the file is left
@@ -113,6 +128,8 @@ def meter_to_parquet(
         stream.close()
         writer.abort()  # the file is incomplete: the caller removes it
         raise
+    run.stats.issues.extend(stream.meter.clock_issues(str(path)))
     stream.close()
     writer.close()
-    return FlowResult(table=None, stats=run.stats, late_packets=stream.late_packets, rows=written)
+    return FlowResult(table=None, stats=run.stats, late_packets=stream.late_packets,
+                      clock_jumps=stream.clock_jumps, rows=written)  # fmt: skip

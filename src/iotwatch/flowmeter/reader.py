@@ -165,6 +165,9 @@ class _GzipSource(_Source):
         except zlib.error as exc:
             self.final = True
             self.error = f"gzip data is corrupt ({exc})"
+        except OSError as exc:  # the disk under the input: damage of this file, not an output error
+            self.final = True
+            self.error = f"cannot read further ({exc.strerror or exc})"
         self.data = b"".join(parts)
         self.buf = np.frombuffer(self.data, np.uint8)
 
@@ -322,6 +325,25 @@ class _Chunk:
             )
             self.state[dec.ST_BAD_BLOCKS] = 0
 
+    def report_bad_lengths(self, parser: _PcapParser | _PcapNgParser) -> None:
+        """One issue for the records with an impossible wire length since the last report
+        (their frames were sized from the captured and IP lengths by the kernel)."""
+        bad = int(self.state[dec.ST_LEN_BAD])
+        if not bad:
+            return
+        orig, cap = int(self.state[dec.ST_LEN_ORIG]), int(self.state[dec.ST_LEN_CAP])
+        why = ("smaller than its captured length" if orig < cap
+               else f"more than a link carries ({dec.MAX_WIRE})")  # fmt: skip
+        more = f"; {bad - 1} more such record(s) after it" if bad > 1 else ""
+        _issue(
+            parser.stats,
+            parser.name,
+            int(self.state[dec.ST_LEN_OFFSET]),
+            f"record of {cap} captured bytes claims a wire length of {orig}, {why}: sized "
+            f"from the captured and IP lengths{more}",
+        )
+        self.state[dec.ST_LEN_BAD] = 0
+
     def finish(self, parser: _PcapParser | _PcapNgParser, file_index: int) -> PacketBatch | None:
         """Count what the chunk saw into the stats; return its kept packets as a batch."""
         stats = parser.stats
@@ -406,6 +428,7 @@ class _PcapParser:
             linktype=self.linktype,
             max_len=self.max_len,
         )
+        chunk.report_bad_lengths(self)
         if status == dec.ABSURD:
             incl = struct.unpack_from(self.endian + "I", src.data, pos + 8)[0]
             _issue(
@@ -478,6 +501,7 @@ class _PcapNgParser:
             while True:
                 pos, status = chunk.run(src, pos, pcapng=True, big=self.endian == ">", ift=self.ift)
                 chunk.report_bad_blocks(self)
+                chunk.report_bad_lengths(self)
                 if status != dec.EVENT:
                     return pos, status
                 pos, status = self._event(data, pos, end, chunk.records)

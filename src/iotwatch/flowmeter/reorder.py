@@ -2,7 +2,10 @@
 metered is always in timestamp order (the global stable sort by time, whatever the chunking).
 
 Sorted input is metered straight from the batch's arrays; only disordered chunks are sorted.
-Packets later than the window are clamped to the processed time (and counted). The columns are
+A packet more than the window behind the newest packet before it (in file order) is *late*: it is
+clamped to that newest time minus the window (and counted). The rule reads the packets only,
+never how they were chunked, so no packet still to come can precede a metered one and the
+result is the global stable sort of the clamped times whatever the chunking. The columns are
 the kernel's (``K.COLUMNS`` order, ``_DTYPES``); ``ReorderWindow.push`` hands the rows that are
 due to a ``run(columns, lo, hi, perm, pend)`` callback, the flow table's ``FlowMeter._run``.
 """
@@ -54,6 +57,39 @@ class ReorderWindow:
         self.window = window_ns
         self.pending: Columns = ()
         self.late = 0  # packets later than the reorder window (clamped)
+        self.newest: int | None = None  # the newest timestamp pushed (or advanced to)
+
+    def advance(self, now: int) -> None:
+        """The source's clock reached ``now``: packets pushed later are late against it."""
+        self.newest = now if self.newest is None else max(self.newest, now)
+
+    def _clamp(self, c: Columns, idx: np.ndarray | None, ts: np.ndarray, in_order: bool) -> Columns:
+        """Clamp the late rows (more than the window behind the newest row before them) to
+        that newest time minus the window; update ``newest``."""
+        newest = self.newest
+        self.newest = int(ts.max()) if newest is None else max(newest, int(ts.max()))
+        if newest is None and in_order:
+            return c
+        if in_order:  # sorted: only a leading run can be behind the carried newest time
+            if ts[0] >= newest - self.window:
+                return c
+            floor = np.full(len(ts), newest - self.window, np.int64)
+        else:
+            before = np.empty(len(ts), np.int64)
+            before[0] = ts[0] if newest is None else newest
+            before[1:] = ts[:-1]
+            if newest is not None:
+                before[0] = max(before[0], newest)
+            floor = np.maximum.accumulate(before) - self.window
+        late = ts < floor
+        n = int(late.sum())
+        if not n:
+            return c
+        self.late += n
+        clamped = c[0].copy()
+        rows = np.flatnonzero(late) if idx is None else idx[late]
+        clamped[rows] = floor[late]
+        return (clamped, *c[1:])
 
     def held(self) -> int:
         """Rows held back now."""
@@ -63,7 +99,6 @@ class ReorderWindow:
         self,
         c: Columns,
         idx: np.ndarray | None,
-        done_ts: int | None,
         run: Run,
         sweep: Callable[[bool], None],
     ) -> None:
@@ -73,13 +108,12 @@ class ReorderWindow:
         ts = c[0] if idx is None else c[0][idx]  # timestamps of the metered rows
         if len(ts) == 0:
             return
-        if done_ts is not None and ts.min() < done_ts:
-            # later than the reorder window: clamp to the processed time, so time stays ordered
-            self.late += int((ts < done_ts).sum())
-            clamped = np.maximum(c[0], done_ts)  # unmetered rows too: they are never read
-            c = (clamped, *c[1:])
-            ts = clamped if idx is None else clamped[idx]
         in_order = len(ts) < 2 or bool(np.all(ts[1:] >= ts[:-1]))
+        clamped = self._clamp(c, idx, ts, in_order)
+        if clamped is not c:
+            c = clamped
+            ts = c[0] if idx is None else c[0][idx]
+            in_order = len(ts) < 2 or bool(np.all(ts[1:] >= ts[:-1]))
         pend = self.pending if self.pending and len(self.pending[0]) else ()
 
         if in_order and (not pend or ts[0] >= pend[0][-1]):

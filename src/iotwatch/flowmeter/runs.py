@@ -3,6 +3,7 @@ merge of the runs by start time, in the in-memory table's order (memory: a batch
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,18 +33,21 @@ def stream_captures(paths: list[Path], run: _Run, out: Path) -> FlowResult:
     # the merge holds about MERGE_ROWS rows whatever the number of runs: each run is written
     # and read back in row groups of its share (a Parquet reader decodes a row group's pages)
     share = max(MERGE_MIN_BATCH, MERGE_ROWS // len(runs))
-    late = 0
+    late = jumps = 0
     try:
         for path, part in zip(paths, runs, strict=True):
             res = P.meter_to_parquet(path, run, part, row_group=min(P.ROW_GROUP, share),
                                      start_ns=True)  # fmt: skip
             late += res.late_packets
+            jumps += res.clock_jumps
             _trim_heap()
         rows = merge_runs(runs, out, schema, share)
     finally:
         for part in runs:
-            part.unlink(missing_ok=True)
-    return FlowResult(table=None, stats=run.stats, late_packets=late, rows=rows)
+            with contextlib.suppress(OSError):  # a read-only disk: the write error is the news
+                part.unlink(missing_ok=True)
+    return FlowResult(table=None, stats=run.stats, late_packets=late, clock_jumps=jumps,
+                      rows=rows)  # fmt: skip
 
 
 def _trim_heap() -> None:

@@ -3,12 +3,15 @@ the one way tables reach disk: Parquet written to a temporary file renamed into 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
+
+from iotwatch.errors import OutputError
 
 END_REASONS = ("idle", "active", "close", "end_of_capture")
 
@@ -72,16 +75,37 @@ def flow_schema(n: int) -> pa.Schema:
 def replacing(path: str | Path) -> Iterator[Path]:
     """A temporary path next to ``path``, renamed onto ``path`` when the block exits normally
     and left a file there. An error, or a block that removed the file, leaves ``path`` as it
-    was and no temporary file behind."""
+    was and no temporary file behind.
+
+    Writing is where the disk says no (read-only, full, a folder where the file should be, a
+    file where a folder should be): the writers raise ``OutputError`` for the file they write,
+    and one for the temporary file (or a file named after it, like the run files) is raised
+    again naming ``path``, as is a failed rename; the clean-up never raises over it (on a
+    read-only file system even removing a missing file fails). Other errors pass unchanged.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise OutputError(path, "it is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError.from_os(path, exc) from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OutputError as exc:
+            if exc.path == tmp or exc.path.name.startswith(f".{tmp.name}."):
+                raise OutputError(path, exc.reason) from None  # the user's name for it
+            raise
         if tmp.exists():
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise OutputError.from_os(path, exc) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def dictionary_columns(schema: pa.Schema) -> list[str]:
@@ -98,4 +122,7 @@ def write_parquet(table: pa.Table, path: str | Path) -> None:
     import pyarrow.parquet as pq
 
     with replacing(path) as tmp:
-        pq.write_table(table, tmp, use_dictionary=dictionary_columns(table.schema))
+        try:
+            pq.write_table(table, tmp, use_dictionary=dictionary_columns(table.schema))
+        except OSError as exc:
+            raise OutputError.from_os(tmp, exc) from None

@@ -196,6 +196,12 @@ class FlowStream:
         """Packets later than the reorder window (clamped to the processed time)."""
         return self.meter.late
 
+    @property
+    def clock_jumps(self) -> int:
+        """Packets with a timestamp far outside the trend, metered at their neighbours' time
+        (``clock.ClockGuard``; ``meter.clock_issues(name)`` lists them with their offsets)."""
+        return self.meter.clock_jumps
+
     def held(self) -> dict[str, int]:
         """What the stream holds now: ``open`` flows, ``finished`` flows not handed out yet
         (always 0 right after a ``feed`` unless ``ordered`` or ``min_rows``), ``pending``
@@ -239,6 +245,7 @@ class FlowStream:
                         yield early
             batch = None  # the last chunk: not kept alive while the open flows are ended
             yield from stream.flush_parts()
+            stats.issues.extend(stream.meter.clock_issues(str(path)))
         finally:
             stream.close()
 
@@ -250,7 +257,8 @@ class FlowStream:
     def _concat(self, tables: Any, schema: pa.Schema | None = None) -> pa.Table:
         tables = [t for t in tables if t.num_rows]
         if not tables:
-            return (schema or self.schema).empty_table()
+            # (Schema.empty_table imports pandas: a quarter of a second of a monitor run)
+            return pa.Table.from_batches([], schema=schema or self.schema)
         return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
     def _tables(self, block: Block) -> Iterator[pa.Table]:
