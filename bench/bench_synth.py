@@ -27,6 +27,11 @@ def main() -> int:
     print(f"total incl. stump check: {total:.1f} s")
     print(f"benign TCP flows per device: {m['flows_per_device']}")
     print(f"malicious TCP flows per attack: {m['malicious_flows_per_attack']}")
+    from iotwatch.synth.cli import target_lines
+
+    for line in target_lines(m):
+        print(line)
+    print("target: generation under 30 s: " + ("ok" if m["seconds"] < 30 else "MISSED"))
     return 0
 
 

@@ -307,3 +307,119 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         main(["--out", str(tmp_path / "x"), "--profile", "nosuch"])
     with pytest.raises(InputError):
         main(["--out", str(tmp_path / "x"), "--profile", str(tmp_path / "missing.yaml")])
+
+
+# -- calibration to the IoT Sentinel captures (issue 10) ----------------------------------------
+
+
+def _client_hellos(p: Path) -> dict[tuple[str, str, int], set[int]]:
+    """TLS ClientHello record sizes per (client IP, server IP, server port) in one capture (sent
+    from the home's 192.168.1.0/24: a server's ciphertext may begin like a hello by chance)."""
+    out: dict[tuple[str, str, int], set[int]] = {}
+    for _, f in read_pcap(p):
+        if f[23] != 6:
+            continue
+        ihl = (f[14] & 0x0F) * 4
+        t = 14 + ihl
+        dport = struct.unpack_from("!H", f, t + 2)[0]
+        pl = f[t + (f[t + 12] >> 4) * 4 :]
+        if f[26:29] == b"\xc0\xa8\x01" and len(pl) > 5 and pl[0] == 0x16 and pl[5] == 0x01:
+            src, dst = (".".join(str(b) for b in f[o : o + 4]) for o in (26, 30))
+            out.setdefault((src, dst, dport), set()).add(len(pl))
+    return out
+
+
+def test_each_firmware_sends_one_client_hello(tiny: tuple[Path, dict]) -> None:
+    """Real firmware sends the same ClientHello every time (IoT Sentinel: 267-byte IP packets in
+    every HS110/HS100 setup): one size per device and service, TP-Link's on port 50443, and the
+    bulb and plug of one vendor sharing it."""
+    out, _ = tiny
+    hellos = _client_hellos(out / "benign" / "day-00.pcap")
+    cfg = load_config("tiny")
+    by_ip = {d.ip: d for d in cfg.devices}
+    for (ip, server, port), sizes in hellos.items():
+        d = by_ip[ip]
+        clouds = [d.cloud] + ([d.sensor.event_cloud] if d.sensor else [])
+        (cloud,) = [c for c in clouds if server in c.ips]
+        assert cloud.port == port
+        assert sizes == {cloud.tls_client_hello[0]} == set(cloud.tls_client_hello), (d.name, sizes)
+    assert {ip for ip, _, _ in hellos} == set(by_ip)  # every device opened a TLS session
+    kasa = {n for (_, _, port), sizes in hellos.items() if port == 50443 for n in sizes}
+    assert kasa == {215}  # bulb and plug: one stack, one hello (267 - 52 in the captures)
+
+
+def test_dlink_session_carries_five_second_keepalive_probes(tiny: tuple[Path, dict]) -> None:
+    """The mydlink server probes its session with empty segments every ~5 s (measured)."""
+    out, _ = tiny
+    sensor = bytes((192, 168, 1, 41))
+    probes: dict[tuple, list[float]] = {}
+    nxt: dict[tuple, int] = {}
+    for ts, a, b, seq, _, flags, plen in _tcp_records(out / "benign" / "day-00.pcap"):
+        key = (a, b)
+        if b[0] == sensor and plen == 0 and flags == 0x10 and nxt.get(key) == (seq + 1) % 2**32:
+            probes.setdefault(key, []).append(ts / 1e6)  # one byte behind: a keep-alive probe
+            continue
+        nxt[key] = (seq + plen + (1 if flags & 0x03 else 0)) % 2**32
+    gaps = [y - x for ts in probes.values() for x, y in zip(ts, ts[1:], strict=False)]
+    assert len(gaps) > 1000
+    assert 4.9 < sorted(gaps)[len(gaps) // 2] < 5.1
+
+
+def test_hue_bridge_is_a_template_outside_the_default_home(tmp_path: Path) -> None:
+    """The fifth device type (the monitor's unseen type): absent unless named, then present,
+    with the other devices' packets unchanged."""
+    from iotwatch.synth.dataset import DEVICE_TYPES as KNOWN
+
+    for profile in ("default", "tiny"):
+        cfg = load_config(profile)
+        assert "hue_bridge" in cfg.templates and cfg.extra_devices == []
+        assert {d.device_type for d in cfg.home_devices()} == DEVICE_TYPES
+    assert "hue_bridge" in KNOWN
+    base = load_config("tiny", days=0.05)
+    base.attacks.enabled = False
+    hue = load_config("tiny", days=0.05, extra_devices=["hue_bridge"])
+    hue.attacks.enabled = False
+    generate(base, tmp_path / "a")
+    m = generate(hue, tmp_path / "b")
+    inv = read_inventory_csv(tmp_path / "b" / "inventory.csv")
+    assert {d.device_type for d in inv.devices} == DEVICE_TYPES | {"hue_bridge"}
+    assert m["flows_per_device"]["hue_bridge"] > 0
+    ip = bytes((192, 168, 1, 40))
+
+    def cam(d: Path) -> list[tuple[int, bytes]]:
+        return [
+            r for r in read_pcap(d / "benign" / "day-00.pcap") if ip in (r[1][26:30], r[1][30:34])
+        ]
+
+    assert cam(tmp_path / "a") == cam(tmp_path / "b")
+    with pytest.raises(ConfigError, match="unknown template"):
+        load_config("tiny", extra_devices=["toaster"])
+
+
+def test_cli_adds_a_template_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["--out", str(tmp_path / "o"), "--profile", "tiny", "--days", "0.03", "--quiet",
+               "--extra-device", "hue_bridge"])  # fmt: skip
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "hue_bridge" in text and "target: random forest >= 0.99" in text
+    assert "target: one-feature stump <= 0.6" in text
+    inv = read_inventory_csv(tmp_path / "o" / "inventory.csv")
+    assert "hue_bridge" in {d.device_type for d in inv.devices}
+
+
+def test_tiny_home_is_distinguishable_but_not_by_one_feature(tiny: tuple[Path, dict]) -> None:
+    """The quick checks the synthesizer reports, on the tiny home: the forest well above the
+    best one-feature stump (6 evening hours only, so looser bounds than the default's)."""
+    _, m = tiny
+    assert m["targets"] == {"forest_accuracy_min": 0.99, "stump_accuracy_max": 0.6}
+    assert m["forest_accuracy"] >= 0.95
+    assert m["stump_accuracy"] <= m["forest_accuracy"] - 0.25
+
+
+@pytest.mark.slow
+def test_default_home_meets_the_targets(tmp_path: Path) -> None:
+    """Issue 10's targets on the default 7-day home (with a little tolerance on the forest)."""
+    m = generate(load_config("default"), tmp_path / "home")
+    assert m["forest_accuracy"] >= 0.985, m
+    assert m["stump_accuracy"] <= 0.6, m
+    assert min(m["flows_per_device"].values()) >= 500, m["flows_per_device"]

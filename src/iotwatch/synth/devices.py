@@ -9,6 +9,7 @@ from iotwatch.synth.config import CloudConfig, DeviceConfig, SynthConfig
 from iotwatch.synth.packets import (
     PROTO_TCP,
     PROTO_UDP,
+    TLS_MINOR,
     FlowInfo,
     Host,
     Net,
@@ -111,12 +112,13 @@ class DeviceSim:
         """A WAN round-trip time for a new connection."""
         return self.rnd.span(self.sc.network.wan_rtt_ms) / 1000.0
 
-    def dns(self, t: float, name: str, ips: list[str]) -> float:
-        """Resolve ``name`` unless cached: one UDP query and its answer."""
+    def dns(self, t: float, name: str, ips: list[str], ttl_s: list[float]) -> float:
+        """Resolve ``name`` unless cached: one UDP query and its answer (TTL from ``ttl_s``:
+        vendors' load-balanced names answer with seconds, so the device asks again often)."""
         if self.dns_cache.get(name, -1.0) > t:
             return t
         r = self.rnd
-        ttl = int(r.span(self.sc.network.dns_ttl_s))
+        ttl = max(1, int(r.span(ttl_s)))
         sport = r.integer(1024, 65536)
         fid = self.net.em.new_flow(self.info(PROTO_UDP, sport, self.dns_host, 53))
         txid = r.integer(0, 65536)
@@ -141,28 +143,31 @@ class DeviceSim:
     def tls_open(self, t: float, cloud: CloudConfig) -> tuple[Tcp, float]:
         """DNS, TCP handshake and a TLS handshake to ``cloud``; returns the connection."""
         r = self.rnd
-        t = self.dns(t, cloud.hostname, cloud.ips)
+        v = TLS_MINOR[cloud.tls_version]
+        t = self.dns(t, cloud.hostname, cloud.ips, cloud.dns_ttl_s)
         peer = self.wan(str(r.choice(cloud.ips)))
         conn = Tcp(self.net, self.info(PROTO_TCP, self.eport(), peer, cloud.port), True, self.rtt())
         t = conn.connect(t + r.uniform(0.001, 0.01))
-        t = conn.send(t, True, tls_client_hello(r, r.ispan(cloud.tls_client_hello), cloud.hostname))
-        t = conn.send(
-            t + conn._delay(False), False, tls_records(r, r.ispan(cloud.tls_server_flight), 0x16)
-        )
-        t = conn.send(
-            t + r.uniform(0.005, 0.05), True, tls_records(r, r.ispan(cloud.tls_client_finish), 0x16)
-        )
-        t = conn.send(
-            t + conn._delay(False), False, tls_records(r, r.ispan(cloud.tls_server_finish), 0x16)
-        )
+        hello = tls_client_hello(r, r.ispan(cloud.tls_client_hello), cloud.hostname, v)
+        t = conn.send(t, True, hello)
+        flight = tls_records(r, r.ispan(cloud.tls_server_flight), 0x16, minor=v)
+        t = conn.send(t + conn._delay(False), False, flight)
+        fin = tls_records(r, r.ispan(cloud.tls_client_finish), 0x16, minor=v)
+        t = conn.send(t + r.uniform(0.005, 0.05), True, fin)
+        fin = tls_records(r, r.ispan(cloud.tls_server_finish), 0x16, minor=v)
+        t = conn.send(t + conn._delay(False), False, fin)
+        for out, back in cloud.login:  # the firmware's fixed register/login messages
+            t = conn.exchange(t + r.uniform(0.005, 0.05), tls_records(r, out, minor=v),
+                              tls_records(r, back, minor=v))  # fmt: skip
         return conn, t
 
     def tls_short(self, t: float, cloud: CloudConfig, out: list[int], back: list[int]) -> float:
         """A short HTTPS-like exchange: open, one request/response, close."""
         r = self.rnd
+        v = TLS_MINOR[cloud.tls_version]
         conn, t = self.tls_open(t, cloud)
-        t = conn.exchange(t + r.uniform(0.001, 0.02), tls_records(r, r.ispan(out)),
-                          tls_records(r, r.ispan(back)), think=r.uniform(0.005, 0.1))  # fmt: skip
+        t = conn.exchange(t + r.uniform(0.001, 0.02), tls_records(r, r.ispan(out), minor=v),
+                          tls_records(r, r.ispan(back), minor=v), think=r.uniform(0.005, 0.1))  # fmt: skip
         rst = r.chance(cloud.rst_close_prob)
         return conn.close(t + r.uniform(0.01, 0.5), dev_first=r.chance(0.7), rst=rst)
 
@@ -180,20 +185,41 @@ class DeviceSim:
             self.sess_end = t + r.span(cloud.session_h) * 3600.0
         return self.sess, max(t, self.sess.t)
 
+    def records(self, n: int) -> bytes:
+        """``n`` bytes of application records in the TLS version of the device's cloud."""
+        cloud = self.dc.cloud
+        return tls_records(self.rnd, n, minor=TLS_MINOR[cloud.tls_version] if cloud else 3)
+
     def keepalive(self, t: float) -> None:
-        """Application heartbeat on the cloud session, then schedule the next."""
+        """Application heartbeat on the cloud session, then schedule the next. A device-sent
+        heartbeat is answered by the server; a server-sent one (the cloud polling the device's
+        state, as TP-Link's does) is answered by the device."""
         r = self.rnd
         cloud = self.dc.cloud
         conn, t = self.session(t)
-        conn.exchange(t, tls_records(r, r.ispan(cloud.keepalive_bytes_out)),
-                      tls_records(r, r.ispan(cloud.keepalive_bytes_in)))  # fmt: skip
+        out = self.records(r.ispan(cloud.keepalive_bytes_out))
+        back = self.records(r.ispan(cloud.keepalive_bytes_in))
+        if cloud.keepalive_from == "device":
+            conn.exchange(t, out, back)
+        else:
+            t = conn.send(t, False, back)
+            conn.send(t + conn._delay(True) + r.uniform(0.01, 0.1), True, out)
         self.push(t + r.span(cloud.keepalive_s), "ka")
+
+    def probe(self, t: float) -> None:
+        """The server's TCP keep-alive probe on the open session (D-Link's, every 5 s)."""
+        if self.sess is not None and self.sess.open and t < self.sess_end:
+            self.sess.probe(t, from_dev=False)
+        self.push(t + self.rnd.span(self.dc.cloud.probe_s), "probe")
 
     # -- driver ----------------------------------------------------------------------------
     def start(self, t0: float) -> None:
         """Initial timers (first connection shortly after the capture starts)."""
         r = self.rnd
-        self.push(t0 + r.uniform(0.0, 30.0), "ka")
+        if self.dc.cloud is not None:
+            self.push(t0 + r.uniform(0.0, 30.0), "ka")
+            if self.dc.cloud.probe_s[1] > 0:
+                self.push(t0 + 30.0 + r.span(self.dc.cloud.probe_s), "probe")
         self.push(t0 + r.uniform(0.0, self.dc.ntp_s[1]), "ntp")
 
     def schedule_window(self, t0: float, t1: float) -> None:
@@ -203,6 +229,8 @@ class DeviceSim:
         """Process one event."""
         if kind == "ka":
             self.keepalive(t)
+        elif kind == "probe":
+            self.probe(t)
         elif kind == "ntp":
             self.ntp(t)
             self.push(t + self.rnd.span(self.dc.ntp_s), "ntp")
@@ -222,6 +250,12 @@ class CameraSim(DeviceSim):
         super().__init__(*a, **k)
         self.burst_until = 0.0
 
+    def video(self, n: int) -> bytes:
+        """``n`` bytes of video in TLS records of ``record_bytes``."""
+        cloud = self.dc.cloud
+        return tls_records(self.rnd, n, record_max=self.dc.camera.record_bytes,
+                           minor=TLS_MINOR[cloud.tls_version])  # fmt: skip
+
     def start(self, t0: float) -> None:
         """Keep-alive, NTP and video-chunk timers."""
         super().start(t0)
@@ -240,7 +274,7 @@ class CameraSim(DeviceSim):
             if t >= self.burst_until:
                 conn, t = self.session(t)
                 n = int(r.span(cam.idle_kbps) * 1000.0 / 8.0 * dt)
-                conn.send(t, True, tls_records(r, n, record_max=cam.record_bytes))
+                conn.send(t, True, self.video(n))
             self.push(t + dt, "chunk")
         elif kind == "motion":
             dur = r.span(cam.motion_s)
@@ -249,12 +283,11 @@ class CameraSim(DeviceSim):
             end = t + dur
             self.burst_until = max(self.burst_until, end)
             # an event notification first, then one video segment per second
-            conn.exchange(
-                t, tls_records(r, r.integer(200, 500)), tls_records(r, r.integer(80, 200))
-            )
+            conn.exchange(t, self.records(r.ispan(cam.event_bytes_out)),
+                          self.records(r.ispan(cam.event_bytes_in)))  # fmt: skip
             while t < end:
                 n = int(kbps * 1000.0 / 8.0 * r.uniform(0.8, 1.2))
-                conn.send(max(t, conn.t), True, tls_records(r, n, record_max=cam.record_bytes))
+                conn.send(max(t, conn.t), True, self.video(n))
                 t += 1.0
         else:
             super().handle(t, kind, arg)
@@ -278,9 +311,8 @@ class SensorSim(DeviceSim):
         r = self.rnd
         if kind == "motion":
             conn, t1 = self.session(t)  # a push on the session, then the notification service
-            t1 = conn.exchange(
-                t1, tls_records(r, r.integer(60, 160)), tls_records(r, r.integer(40, 90))
-            )
+            t1 = conn.exchange(t1, self.records(r.ispan(s.push_bytes_out)),
+                               self.records(r.ispan(s.push_bytes_in)))  # fmt: skip
             self.tls_short(
                 t1 + r.uniform(0.01, 0.3), s.event_cloud, s.event_bytes_out, s.event_bytes_in
             )
@@ -428,9 +460,85 @@ class KasaSim(DeviceSim):
             t = self.local(t, req, ans)
 
 
+def http_bytes(head: str, n: int) -> bytes:
+    """ASCII HTTP text starting with ``head``, padded with a header line to exactly ``n`` bytes
+    (cut short when ``n`` is smaller than ``head``: sizes come from the captures, text does not)."""
+    raw = head.encode()
+    if len(raw) >= n:
+        return raw[:n]
+    pad = n - len(raw)
+    return raw + (b"X-Pad: " + b"a" * max(0, pad - 9) + b"\r\n")[:pad]
+
+
+class HueSim(DeviceSim):
+    """Philips Hue bridge: short plain-HTTP polls of its portal on its own timer (each after a
+    DNS lookup, the portal's name answering with a TTL of seconds), and the phone app's REST
+    calls to the bridge's local port 80. No TLS session: the captured bridge uses port 80 only."""
+
+    def start(self, t0: float) -> None:
+        """Portal poll and NTP timers."""
+        super().start(t0)
+        self.push(t0 + self.rnd.span(self.dc.hue.poll_s), "poll")
+
+    def schedule_window(self, t0: float, t1: float) -> None:
+        """App sessions follow the day profile."""
+        self.hourly_events(t0, t1, self.dc.hue.app_sessions_per_h, "app")
+
+    def poll(self, t: float) -> None:
+        """One portal poll: DNS, connect, request in two segments, response, close."""
+        h = self.dc.hue
+        r = self.rnd
+        t = self.dns(t, h.portal_hostname, h.portal_ips, h.portal_dns_ttl_s)
+        peer = self.wan(str(r.choice(h.portal_ips)))
+        conn = Tcp(
+            self.net, self.info(PROTO_TCP, self.eport(), peer, h.portal_port), True, self.rtt()
+        )
+        t = conn.connect(t + r.uniform(0.001, 0.01))
+        head = f"POST /queue/getmessage?duration=180000&ip={self.dc.ip} HTTP/1.0\r\n"
+        t = conn.send(t, True, http_bytes("POST ", r.ispan(h.poll_request[0])))
+        t = conn.send(
+            t + r.uniform(0.0005, 0.003), True, http_bytes(head, r.ispan(h.poll_request[1]))
+        )
+        body = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        t = conn.send(t + conn._delay(False), False, http_bytes(body, r.ispan(h.poll_response)))
+        conn.close(t + r.uniform(0.001, 0.02), dev_first=False)
+
+    def api(self, t: float) -> float:
+        """One phone→bridge REST call on its own connection (the bridge is the server)."""
+        h = self.dc.hue
+        r = self.rnd
+        info = FlowInfo(PROTO_TCP, self.host, h.local_port, self.phone, self.phone_port(),
+                        self.dc.name, self.dc.device_type, self.label)  # fmt: skip
+        lan_rtt = r.span(self.sc.network.lan_rtt_ms) / 1000.0
+        conn = Tcp(self.net, info, client_is_dev=False, rtt=lan_rtt, lan=True,
+                   dev_win=14480, peer_win=65535)  # fmt: skip
+        t = conn.connect(t)
+        t = conn.send(
+            t + r.uniform(0.001, 0.02), False, http_bytes("GET /api", r.ispan(h.api_request[0]))
+        )
+        t = conn.send(t + r.uniform(0.0005, 0.003), False,
+                      http_bytes("Host: philips-hue\r\n", r.ispan(h.api_request[1])))  # fmt: skip
+        body = 'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n[{"success":'
+        t = conn.send(t + r.uniform(0.005, 0.05), True, http_bytes(body, r.ispan(h.api_response)))
+        return conn.close(t + r.uniform(0.005, 0.1), dev_first=True)
+
+    def handle(self, t: float, kind: str, arg: object) -> None:
+        """Portal polls, app sessions, or the common events."""
+        h = self.dc.hue
+        if kind == "poll":
+            self.poll(t)
+            self.push(t + self.rnd.span(h.poll_s), "poll")
+        elif kind == "app":
+            for _ in range(self.rnd.ispan(h.api_requests_per_session)):
+                t = self.api(t) + self.rnd.span(h.api_gap_s)
+        else:
+            super().handle(t, kind, arg)
+
+
 SIMS = {
     "nest_camera": CameraSim,
     "dlink_motion_sensor": SensorSim,
     "tplink_bulb": KasaSim,
     "tplink_plug": KasaSim,
+    "hue_bridge": HueSim,
 }

@@ -217,6 +217,7 @@ class Net:
         self.rnd = rnd
         self.cfg = cfg
         self.mss = cfg.mss
+        self.wan_mss = cfg.wan_mss
 
     def udp(
         self, t: float, fid: int, src: Host, sport: int, dst: Host, dport: int, payload: bytes,
@@ -310,7 +311,8 @@ class Tcp:
         t = max(t, self.t)
         cfg = self.net.cfg
         r = self.net.rnd
-        mss = self.net.mss
+        wan_sender = not from_dev and not self.lan and self.info.peer.wan
+        mss = self.net.wan_mss if wan_sender else self.net.mss
         if kbps is None:
             kbps = cfg.uplink_kbps if from_dev else cfg.downlink_kbps
         gap = mss * 8.0 / (kbps * 1000.0)
@@ -342,6 +344,14 @@ class Tcp:
             t = self.send(t + self._delay(False) + think, False, back)
         return t
 
+    def probe(self, t: float, from_dev: bool) -> float:
+        """A TCP keep-alive: an empty segment one byte behind (seq - 1), answered by an ACK."""
+        t = max(t, self.t)
+        self.pkt(t, from_dev, ACK, seq=(self.seq[from_dev] - 1) & 0xFFFFFFFF)
+        t2 = t + self._delay(not from_dev)
+        self.pkt(t2, not from_dev, ACK)
+        return t2
+
     def close(self, t: float, dev_first: bool, rst: bool = False) -> float:
         """FIN handshake (FIN, FIN/ACK, ACK) or an abortive RST from one side."""
         t = max(t, self.t)
@@ -360,20 +370,27 @@ class Tcp:
 # -- application payloads ------------------------------------------------------------------
 
 
-def tls_records(rnd: Rand, n: int, content_type: int = 0x17, record_max: int = 16384) -> bytes:
-    """``n`` bytes of TLS 1.2 records (5-byte header + opaque ciphertext), last one shortened."""
+TLS_MINOR = {"1.0": 1, "1.2": 3}  # record-layer version byte after 0x03
+
+
+def tls_records(
+    rnd: Rand, n: int, content_type: int = 0x17, record_max: int = 16384, minor: int = 3
+) -> bytes:
+    """``n`` bytes of TLS records (5-byte header + opaque ciphertext), last one shortened;
+    ``minor`` 3 = TLS 1.2, 1 = TLS 1.0 (what the D-Link and TP-Link firmwares send)."""
     parts = []
     while n > 0:
         body = min(record_max, max(n - 5, 1))
-        parts.append(bytes((content_type, 3, 3)) + body.to_bytes(2, "big") + rnd.payload(body))
+        parts.append(bytes((content_type, 3, minor)) + body.to_bytes(2, "big") + rnd.payload(body))
         n -= body + 5
     return b"".join(parts)
 
 
-def tls_client_hello(rnd: Rand, n: int, hostname: str) -> bytes:
-    """A ClientHello-shaped record: handshake header, random, SNI, padded to ``n`` bytes."""
+def tls_client_hello(rnd: Rand, n: int, hostname: str, minor: int = 3) -> bytes:
+    """A ClientHello-shaped record of exactly ``n`` bytes: handshake header, client version,
+    random, SNI, then opaque bytes standing for the cipher list and extensions."""
     sni = hostname.encode()
-    head = b"\x01" + (n - 9).to_bytes(3, "big") + b"\x03\x03" + rnd.payload(32) + b"\x00"
+    head = b"\x01" + (n - 9).to_bytes(3, "big") + bytes((3, minor)) + rnd.payload(32) + b"\x00"
     body = head + b"\x00\x00" + len(sni).to_bytes(2, "big") + sni
     body += rnd.payload(max(0, n - 5 - len(body)))
     return b"\x16\x03\x01" + len(body).to_bytes(2, "big") + body
