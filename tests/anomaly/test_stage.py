@@ -94,7 +94,14 @@ def test_stage_end_to_end(tmp_path, capsys) -> None:
     history = client.get_metric_history(cam_run.info.run_id, "val_loss")
     assert len(history) == cam["epochs"]
     assert cam_run.data.params["hidden"] == "8"
-    assert cam_run.data.metrics["f1"] == cam["f1"]
+    logged = cam_run.data.metrics
+    assert (
+        logged["test/f1"] == cam["f1"]
+        and logged["test/fpr_rule/recall"] == cam["fpr_rule"]["recall"]
+    )
+    assert logged["val/f1"] == cam["validation"]["f1"] and "val/auc" in logged
+    assert logged["baselines/knn/test/auc"] == cam["baselines"]["knn"]["auc"]
+    assert "f1" not in logged  # every figure says its split
     # a rerun (fresh folder) gives the same metrics, times apart
     rerun = tmp_path / "again"
     write_tables(make_paths(rerun))

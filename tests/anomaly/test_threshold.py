@@ -94,3 +94,21 @@ def test_evaluate_one_class() -> None:
     m = evaluate([0.1, 0.5], [1, 1], 0.3, ["a", "b"])
     assert m["fpr"] is None and m["recall"] == 0.5
     assert m["recall_per_attack"] == {"a": 0.0, "b": 1.0}
+
+
+def test_midpoint_placement_keeps_validation_predictions_and_centres_the_gap() -> None:
+    from iotwatch.anomaly.threshold import best_f1_threshold
+
+    s = [0.1, 0.2, 0.4, 1.6, 3.0]
+    y = [False, False, False, True, True]
+    assert best_f1_threshold(s, y) == 0.4
+    mid = best_f1_threshold(s, y, placement="midpoint")
+    assert mid == pytest.approx(0.8)  # sqrt(0.4 * 1.6)
+    # same predictions on the validation scores
+    assert [v > mid for v in s] == [v > 0.4 for v in s]
+    # zero and negative scores: the arithmetic middle
+    assert best_f1_threshold([0.0, 2.0], [False, True], placement="midpoint") == 1.0
+    # nothing above the best threshold (all flagged as legit is best?) stays at the smallest
+    assert best_f1_threshold([1.0, 1.0], [True, True], placement="midpoint") < 1.0
+    with pytest.raises(ValueError, match="placement"):
+        best_f1_threshold(s, y, placement="middle")

@@ -51,13 +51,28 @@ def f1_per_threshold(scores: Any, is_attack: Any) -> tuple[np.ndarray, np.ndarra
     return cands, f1
 
 
-def best_f1_threshold(scores: Any, is_attack: Any) -> float:
-    """The smallest threshold maximising validation F1 of ``score > threshold`` (see module)."""
+def best_f1_threshold(scores: Any, is_attack: Any, placement: str = "smallest") -> float:
+    """The smallest threshold maximising validation F1 of ``score > threshold`` (see module).
+
+    ``placement="midpoint"`` keeps the same validation predictions but moves the threshold to
+    the middle of the gap they leave: between the smallest best threshold (the highest score
+    still called legitimate) and the next score up (the lowest one flagged), the geometric
+    mean for positive scores. The smallest is the method's rule; it sits on the largest
+    legitimate validation score, so unseen legitimate flows just above it are false alarms; the
+    midpoint is the widest margin to both sides for the same validation F1."""
+    if placement not in ("smallest", "midpoint"):
+        raise ValueError(f"placement must be smallest or midpoint, got {placement!r}")
     _, y = _arrays(scores, is_attack)
     if not y.any():
         raise ValueError("best_f1_threshold needs at least one attack flow")
     cands, f1 = f1_per_threshold(scores, is_attack)
-    return float(cands[int(np.argmax(f1))])  # argmax = first (smallest) maximum
+    k = int(np.argmax(f1))  # argmax = first (smallest) maximum
+    lo = float(cands[k])
+    if placement == "smallest" or k + 1 >= len(cands):
+        return lo
+    hi = float(cands[k + 1])  # the smallest score flagged at lo
+    mid = math.sqrt(lo * hi) if lo > 0 else (lo + hi) / 2
+    return mid if lo <= mid < hi else lo
 
 
 def fpr_threshold(legit_scores: Any, target_fpr: float) -> float:

@@ -51,9 +51,9 @@ OBJECTIVES = ("auc", "f1", "tpr_at_1pct_fpr")
 class TuneConfig:
     """conf/tune/*.yaml. The defaults equal conf/tune/default.yaml (tested)."""
 
-    trials: int = 6  # per device type, all workers together; 0 = no tuning
+    trials: int = 4  # per device type, all workers together; 0 = no tuning
     objective: Literal["auc", "f1", "tpr_at_1pct_fpr"] = "auc"  # on validation
-    max_epochs: int = 30  # per trial
+    max_epochs: int = 20  # per trial
     pruner: Literal["median", "none"] = "median"
     startup_trials: int = 2  # trials before the pruner (and TPE) start deciding
     storage: str | None = None  # None = sqlite:///mlruns/optuna.db
