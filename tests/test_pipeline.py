@@ -221,6 +221,50 @@ def test_multirun_jobs_are_logged_with_their_override_values(repo: Path) -> None
     assert sorted(r.data.params["C"] for r in svm_runs) == ["0.5", "50.0"]
 
 
+def _no_times(m: object) -> object:
+    if isinstance(m, dict):
+        return {k: _no_times(v) for k, v in m.items() if not k.endswith("seconds")}
+    return m
+
+
+@pytest.mark.slow
+def test_step_two_is_tracked_and_a_forced_rerun_gives_identical_metrics(repo: Path) -> None:
+    import mlflow
+
+    path = repo / "reports/metrics/anomaly.json"
+    before = json.loads(path.read_text())
+    device = yaml.safe_load((repo / "params.yaml").read_text())["dataset"]["device_types"][0]
+    out = _run(["dvc", "repro", "-f", "-s", f"autoencoder@{device}", "anomaly"], repo)
+    assert f"autoencoder@{device}" in out
+    after = json.loads(path.read_text())
+    assert _no_times(after) == _no_times(before)
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["iotwatch/behaviour"], output_format="list")
+    names = {r.info.run_name for r in runs}
+    assert {f"anomaly/{device}", f"tune/{device}", f"tune/{device}/trial-0"} <= names
+    dev_run = next(r for r in runs if r.info.run_name == f"anomaly/{device}")
+    for key in ("test/f1", "test/fpr", "test/auc", "test/recall", "val/f1", "val_loss"):
+        assert key in dev_run.data.metrics, key
+    _run(["git", "checkout", "--", "."], repo)
+
+
+@pytest.mark.slow
+def test_multirun_over_anomaly_parameters(repo: Path) -> None:
+    _run(
+        ["iotwatch", "run", "autoencoder", "anomaly", "-m", "experiment=tiny",
+         "anomaly.tuned=false", "anomaly.hidden=4,8", "anomaly.device=tplink_plug"], repo,
+    )  # fmt: skip
+    jobs = sorted((repo / "multirun").glob("*/*/[0-9]"))
+    jobs = [j for j in jobs if (j / "reports/metrics/anomaly.json").is_file()]
+    assert len(jobs) == 2
+    hidden = []
+    for job in jobs:  # each job its own models and metrics, never the pipeline's
+        folder = job / "models/anomaly/tplink_plug"
+        hidden.append(json.loads((folder / "model.json").read_text())["hparams"]["hidden"])
+        assert "tplink_plug" in json.loads((job / "reports/metrics/anomaly.json").read_text())
+    assert sorted(hidden) == [4, 8]
+
+
 def test_build_caches_do_not_count_as_code_changes(tmp_path: Path) -> None:
     """The numba JIT path writes its cache beside the kernels: DVC must ignore it."""
     code = (

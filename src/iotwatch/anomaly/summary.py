@@ -18,6 +18,7 @@ from iotwatch.anomaly.stage import METRICS_FILE, SKIPPED, device_types
 from iotwatch.errors import InputError
 
 if TYPE_CHECKING:
+    from iotwatch.anomaly.stage import AnomalyConfig
     from iotwatch.context import StageContext
     from iotwatch.tracking import StageRun
 
@@ -27,15 +28,16 @@ log = logging.getLogger(__name__)
 HEADLINE = ("recall", "fpr", "f1", "auc", "tpr_at_1pct_fpr")
 
 
-def gather(ctx: StageContext) -> dict[str, Any]:
-    """Every device type's metrics.json (``skipped`` lists the types without a model)."""
+def gather(ctx: StageContext, device: str | None = None) -> dict[str, Any]:
+    """Every device type's metrics.json (``skipped`` lists the types without a model): the
+    types of dataset.device_types, or ``device`` alone (``anomaly.device``, as in a sweep)."""
     from iotwatch.features import metric_key
 
     models = Path(ctx.paths.anomaly_models)
     out: dict[str, Any] = {}
     skipped: dict[str, Any] = {}
-    for device in device_types(ctx, None):
-        key = metric_key(device)
+    for name in device_types(ctx, device):
+        key = metric_key(name)
         path = models / key / METRICS_FILE
         if not path.is_file():
             raise InputError(f"{path}: not found (run `dvc repro autoencoder@{key}` first)")
@@ -100,9 +102,9 @@ def plot_summary(rows: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
-def run(cfg: None, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
+def run(cfg: AnomalyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     """Anomaly stage: merge the per-type metrics, log and draw the comparison."""
-    metrics = gather(ctx)
+    metrics = gather(ctx, cfg.device)
     rows = summary_rows(metrics)
     for r in rows:
         if r["detector"] == "autoencoder":

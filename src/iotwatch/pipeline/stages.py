@@ -119,9 +119,14 @@ STAGES: dict[str, Stage] = {
         ("anomaly_models", "anomaly_plots"), metrics_file=False,
     ),
     "anomaly": Stage(
-        "iotwatch.anomaly.summary", None, None, "behaviour", (), ("anomaly_plots",),
+        "iotwatch.anomaly.summary", "iotwatch.anomaly.stage:AnomalyConfig", "anomaly",
+        "behaviour", (), ("anomaly_plots",),
     ),
     "report": Stage("iotwatch.report", None, None, "report", (), ("report",)),
+    "export": Stage(
+        "iotwatch.bundle", "iotwatch.flowmeter.config:FlowConfig", "flows", "monitor",
+        ("flows",), ("models_dir",),
+    ),
 }  # fmt: skip
 
 
