@@ -6,7 +6,10 @@ Commands:
   params                                                   compose conf/ into params.yaml
   stage NAME                                               run one DVC stage from params.yaml
   run STAGE [-m] [hydra overrides]                         run stages from conf/ with Hydra (sweeps)
+  tune [--device T] [--trials N] [--storage URL]           Optuna study per device type (shared DB)
   ui                                                       start the MLflow UI on 127.0.0.1
+  monitor SOURCE|--interface IF --model BUNDLE             device types and alerts (docs/monitor.md)
+  export [--out DIR]                                       write the model bundle the monitor loads
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("iotwatch.pipeline.params_cli", "compose conf/ into params.yaml"),
     "stage": ("iotwatch.pipeline.stages", "run one pipeline stage, configured by params.yaml"),
     "run": ("iotwatch.pipeline.hydra_app", "run stages from conf/ with Hydra (multirun sweeps)"),
-    "ui": ("iotwatch.tracking", "start the MLflow UI on 127.0.0.1"),
+    "tune": ("iotwatch.anomaly.tune", "Optuna search of each device type's autoencoder"),
+    "ui": ("iotwatch.ui", "start the MLflow UI on 127.0.0.1"),
+    "monitor": ("iotwatch.monitor.cli", "watch captures or an interface: device types and alerts"),
+    "export": ("iotwatch.bundle", "write the model bundle `iotwatch monitor` loads"),
 }
 
 

@@ -1,0 +1,92 @@
+"""One device type's autoencoder detector, evaluated with numpy (no torch at run time).
+
+The anomaly stage's ``SparseAutoencoder`` is n -> hidden (sigmoid) -> n (linear or sigmoid);
+its score is the mean squared reconstruction error of the scaled features (float32, like
+``anomaly.model.reconstruction_errors``; the export checks both agree). The per-feature squared
+errors are the monitor's first explanation of an alert: the features the model could not
+reconstruct.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from iotwatch.anomaly.scaling import FeatureScaler
+
+WEIGHT_NAMES = ("encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias")
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+
+@dataclass
+class Detector:
+    """Scaler + autoencoder weights + the device type's thresholds (attack: score > threshold)."""
+
+    device_type: str
+    scaler: FeatureScaler
+    w1: np.ndarray  # float32 (hidden, n)
+    b1: np.ndarray  # float32 (hidden,)
+    w2: np.ndarray  # float32 (n, hidden)
+    b2: np.ndarray  # float32 (n,)
+    output: str  # linear | sigmoid
+    threshold: float
+    fpr_threshold: float
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.scaler.columns)
+
+    def squared_errors(self, x: np.ndarray) -> np.ndarray:
+        """Per flow and feature: (reconstruction - scaled input)^2, float32."""
+        z = self.scaler.transform(x).astype(np.float32)
+        with np.errstate(over="ignore"):
+            h = _sigmoid(z @ self.w1.T + self.b1)
+            r = h @ self.w2.T + self.b2
+            if self.output == "sigmoid":
+                r = _sigmoid(r)
+        return np.square(r - z, dtype=np.float32)
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Mean squared reconstruction error per flow (float64 of the float32 mean)."""
+        if len(x) == 0:
+            return np.zeros(0, np.float64)
+        return self.squared_errors(x).mean(axis=1, dtype=np.float32).astype(np.float64)
+
+    def explain(self, x: np.ndarray, top: int = 3) -> list[list[tuple[str, float]]]:
+        """For each flow, the ``top`` features with the largest share of its squared error."""
+        if len(x) == 0:
+            return []
+        err = self.squared_errors(x).astype(np.float64)
+        total = err.sum(axis=1, keepdims=True)
+        share = np.divide(err, total, out=np.zeros_like(err), where=total > 0)
+        order = np.argsort(-share, axis=1, kind="stable")[:, :top]
+        cols = self.columns
+        return [[(cols[j], float(share[i, j])) for j in row] for i, row in enumerate(order)]
+
+    @classmethod
+    def from_parts(
+        cls,
+        device_type: str,
+        scaler: FeatureScaler,
+        weights: dict[str, np.ndarray],
+        output: str,
+        threshold: float,
+        fpr_threshold: float,
+    ) -> Detector:
+        missing = [k for k in WEIGHT_NAMES if k not in weights]
+        if missing:
+            raise ValueError(f"missing weights {missing}")
+        w1, b1, w2, b2 = (np.asarray(weights[k], np.float32) for k in WEIGHT_NAMES)
+        n = len(scaler.columns)
+        if w1.ndim != 2 or w1.shape[1] != n or w2.shape != (n, w1.shape[0]):
+            raise ValueError(f"weights do not fit {n} features")
+        if b1.shape != (w1.shape[0],) or b2.shape != (n,):
+            raise ValueError("bias shapes do not fit the weights")
+        if output not in ("linear", "sigmoid"):
+            raise ValueError(f"output must be linear or sigmoid, not {output!r}")
+        return cls(device_type, scaler, w1, b1, w2, b2, output, float(threshold),
+                   float(fpr_threshold))  # fmt: skip
