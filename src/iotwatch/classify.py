@@ -5,7 +5,14 @@ from conf/classify/*.yaml. With ``optuna.enabled`` every model that has a search
 by cross-validated accuracy on TRAIN only (each trial a nested MLflow run), then refit on all
 of train. Every model is scored on validation, test and the held-out devices (the device
 split). The best model by VALIDATION accuracy (test is only reported) is saved with skops
-(never pickle) together with its label names and feature columns; ``load_classifier`` reloads it trusting only an allow-list.
+(never pickle) together with its label names and feature columns; ``load_classifier`` reloads it
+trusting only an allow-list, and ``iotwatch.registry`` registers that file in MLflow.
+
+What goes where: ``classify.json`` (DVC metrics) keeps the figures people compare across
+experiments, accuracy and macro F1 per model and split plus the best model; the full detail
+(micro scores, per-class reports, per held-out device, timings, Optuna) is in
+``<plots_dir>/classify_detail.json`` and in each model's MLflow child run
+(``classify/<model>``), whose parent holds only the summary.
 """
 
 from __future__ import annotations
@@ -47,6 +54,25 @@ def model_label(name: str) -> str:
 
 SCORE_KEYS = ("accuracy", "precision_micro", "recall_micro", "f1_micro", "f1_macro")
 BEST_KEY = "best_model"  # the one key of classify.json that is not a model
+# What classify.json (the DVC metrics file) keeps per model and split; the rest is detail.
+COMPARED_KEYS = ("accuracy", "f1_macro")
+DETAIL_FILE = "classify_detail.json"  # in paths.plots_dir, beside the confusion matrices
+
+
+def compared_metrics(detail: dict[str, Any]) -> dict[str, Any]:
+    """The DVC metrics of the classify stage: per model, accuracy and macro F1 of each split
+    (validation, test, devices), and the best model's summary; nothing per class."""
+    out: dict[str, Any] = {}
+    for name, m in detail.items():
+        if name == BEST_KEY or not isinstance(m, dict):
+            out[name] = m
+            continue
+        out[name] = {
+            split: {k: m[split][k] for k in COMPARED_KEYS if k in m[split]}
+            for split in ("validation", "test", "devices")
+            if isinstance(m.get(split), dict)
+        }
+    return out
 
 
 @dataclass
@@ -245,7 +271,9 @@ def tune(
         pipe = make_pipeline(name, mcfg, seed, params)
         t0 = time.perf_counter()
         acc = float(cross_val_score(pipe, x, y, cv=cv, scoring="accuracy", n_jobs=1).mean())
-        with sr.child(f"{name}-trial-{trial.number}", {"model": name, "trial": trial.number}) as tr:
+        with sr.child(
+            f"classify/{name}/trial-{trial.number}", {"model": name, "trial": trial.number}
+        ) as tr:
             tr.log_params(trial.params)
             tr.log_metrics({"cv_accuracy": acc, "seconds": time.perf_counter() - t0})
         return acc
@@ -418,8 +446,9 @@ ALLOWED_TYPES = frozenset(
 _SKLEARN_CLASS = re.compile(r"^sklearn(\.[A-Za-z_][A-Za-z0-9_]*)+\.[A-Z][A-Za-z0-9_]*$")
 
 
-def load_classifier(path: Path | str) -> ClassifierBundle:
-    """Load a classifier saved by ``save_classifier``, refusing any type not on the allow-list."""
+def trusted_types(path: Path | str) -> list[str]:
+    """The types outside skops' default trust that the file needs, all on the allow-list
+    (``InputError`` naming the others otherwise); what ``skops.io.load`` is given to trust."""
     import skops.io as sio
 
     path = Path(path)
@@ -432,7 +461,15 @@ def load_classifier(path: Path | str) -> ClassifierBundle:
     refused = [t for t in untrusted if t not in ALLOWED_TYPES and not _SKLEARN_CLASS.match(t)]
     if refused:
         raise InputError(f"{path}: refusing to load untrusted type(s) {sorted(refused)}")
-    obj = sio.load(path, trusted=list(untrusted))
+    return list(untrusted)
+
+
+def load_classifier(path: Path | str) -> ClassifierBundle:
+    """Load a classifier saved by ``save_classifier``, refusing any type not on the allow-list."""
+    import skops.io as sio
+
+    path = Path(path)
+    obj = sio.load(path, trusted=trusted_types(path))
     if not isinstance(obj, dict) or not {"model", "labels", "feature_columns", "name"} <= set(obj):
         raise InputError(
             f"{path}: not an iotwatch classifier (expected model/labels/feature_columns/name)"
@@ -453,12 +490,26 @@ def write_confusion_csv(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> N
     pd.DataFrame({"actual": y_true, "predicted": y_pred}).to_csv(path, index=False)
 
 
+def _curves(msr: StageRun, pipe: Any) -> None:
+    """Per-iteration curves of models that have them (the MLP's training loss, its validation
+    score with early stopping) as metrics with steps."""
+    est = pipe.named_steps["model"]
+    if getattr(est, "loss_curve_", None) is not None:
+        msr.log_curve("train/loss", est.loss_curve_)
+    if getattr(est, "validation_scores_", None) is not None:
+        msr.log_curve("train/early_stopping_score", est.validation_scores_)
+
+
 def run(cfg: ClassifyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     """Classify stage: fit every enabled model on train, score it on validation, test and the
-    held-out devices; the best model BY VALIDATION ACCURACY is saved (test is only reported)."""
+    held-out devices; the best model BY VALIDATION ACCURACY is saved (test is only reported)
+    and registered in MLflow. Returns the full detail (classify.json keeps the compared part)."""
+    import json
+
     from sklearn.metrics import confusion_matrix
 
     from iotwatch.features import LABEL
+    from iotwatch.registry import log_classifier
     from iotwatch.viz import plot_confusion
 
     paths, seed = ctx.paths, ctx.seed
@@ -479,13 +530,24 @@ def run(cfg: ClassifyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
         "%d features, %d classes",
         len(train), len(data.validation), len(test), len(data.devices), len(cols), len(labels),
     )  # fmt: skip
+    inputs = {
+        "train": (paths.features_train, train),
+        "validation": (paths.features_validation, data.validation),
+        "test": (paths.features_test, test),
+    }
+    if len(data.devices):
+        inputs["devices"] = (paths.features_devices, data.devices)
+    sr.log_input_tables(inputs, targets=LABEL)
     results: dict[str, Any] = {}
     fitted: dict[str, tuple[Any, dict[str, Any]]] = {}
-    # Confusion PNGs go with confusion.csv in plots_dir (the classify stage's DVC out;
-    # figures_dir belongs to the tsne stage).
+    child_runs: dict[str, StageRun] = {}
+    # Confusion PNGs and CSVs go in plots_dir (the classify stage's DVC out; figures_dir
+    # belongs to the tsne stage); every child run logs its picture as confusion.png (top
+    # level), so MLflow's compare view shows them side by side.
     plots = Path(paths.plots_dir)
     for name, mcfg in enabled.items():
-        with sr.child(name, {"model": name}) as msr:
+        with sr.child(f"classify/{name}", {"model": name}) as msr:
+            msr.log_input_tables(inputs, targets=LABEL)
             params = None
             extra: dict[str, Any] = {}
             if cfg.optuna.enabled and name in cfg.optuna.search_spaces:
@@ -496,14 +558,16 @@ def run(cfg: ClassifyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
             log.info("%s: fitting on %d flows", name, len(train))
             pipe, m, preds = fit_and_score(name, mcfg, params, data, labels, seed)
             used = params if params is not None else {"log1p": mcfg.log1p, **mcfg.params}
-            msr.log_params({"scale": mcfg.scale, **used})
+            msr.log_params({"model": name, "scale": mcfg.scale, **used})
             if extra:
                 m["optuna"] = extra
             png = plots / f"confusion_{name}.png"
             cm = confusion_matrix(y_test, preds["test"], labels=labels)
             plot_confusion(cm, labels, png, f"{name}: test accuracy {m['test']['accuracy']:.3f}")
+            write_confusion_csv(y_test, preds["test"], plots / f"confusion_{name}.csv")
             msr.log_metrics(m)
-            msr.log_artifact(png, "figures")
+            _curves(msr, pipe)
+            msr.log_artifact(png, as_name="confusion.png")  # top level: the compare view shows it
             log.info(
                 "%s: validation accuracy %.4f, test accuracy %.4f, test macro F1 %.4f "
                 "(fit %.2f s)",
@@ -512,30 +576,44 @@ def run(cfg: ClassifyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
             )  # fmt: skip
         results[name] = m
         fitted[name] = (pipe, preds)
+        child_runs[name] = msr
     # Best by VALIDATION accuracy; ties keep the config's order (max returns the first maximum).
     best = max(results, key=lambda n: results[n]["validation"]["accuracy"])
     pipe, preds = fitted[best]
-    write_confusion_csv(y_test, preds["test"], Path(paths.plots_dir) / "confusion.csv")
+    write_confusion_csv(y_test, preds["test"], plots / "confusion.csv")
     save_classifier(ClassifierBundle(pipe, labels, cols, best), Path(paths.classifier))
     log.info(
         "best model on validation: %s (validation accuracy %.4f, test accuracy %.4f) saved to %s",
         best, results[best]["validation"]["accuracy"], results[best]["test"]["accuracy"],
         paths.classifier,
     )  # fmt: skip
-    summary = {
+    summary: dict[str, Any] = {
         "name": best,
         "selected_on": "validation",
         "validation_accuracy": results[best]["validation"]["accuracy"],
         "test_accuracy": results[best]["test"]["accuracy"],
+        "test_f1_macro": results[best]["test"]["f1_macro"],
     }
     if "devices" in results[best]:
         summary["devices_accuracy"] = results[best]["devices"]["accuracy"]
-    metrics = {**results, BEST_KEY: summary}
-    sr.record(metrics)
+    detail = {**results, BEST_KEY: summary}
+    (plots / DETAIL_FILE).write_text(json.dumps(detail, indent=2, sort_keys=True) + "\n")
+    # The parent run holds the summary; each child run holds its model's full metrics.
+    sr.record(compared_metrics(detail), summary={BEST_KEY: summary, "models": len(results)})
     sr.set_tags({"best_model": best})
-    sr.log_artifact(paths.classifier, "model")
-    sr.log_artifact(Path(paths.plots_dir) / "confusion.csv", "plots")
-    return metrics
+    sr.log_artifact(plots / DETAIL_FILE, "metrics")
+    sr.log_artifact(plots / "confusion.csv", "plots")
+    # The saved file, registered from the best model's run (its params and metrics).
+    version = log_classifier(
+        Path(paths.classifier),
+        load_classifier(paths.classifier),  # the file, loaded back: what is registered
+        trusted_types(paths.classifier),
+        child_runs[best],
+        data.validation.head(5),
+    )
+    if version is not None:
+        sr.set_tags({"registered_model": f"iotwatch-classifier/{version}"})
+    return detail
 
 
 def metrics_table(metrics: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

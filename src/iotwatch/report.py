@@ -1,7 +1,8 @@
 """The Markdown report: dataset summary, the classifier table laid out like the method's, plots.
 
-It only reads what the other stages recorded (reports/metrics/*.json and figures), so it never
-disagrees with `dvc metrics show` or MLflow.
+It only reads what the other stages recorded (reports/metrics/*.json, the classify stage's
+detail file beside its plots, and figures), so it never disagrees with `dvc metrics show` or
+MLflow.
 """
 
 from __future__ import annotations
@@ -247,8 +248,12 @@ def build_report(paths: PathsConfig, exclude: str = "report") -> tuple[str, dict
             "",
         ]
     if "classify" in found:
-        from iotwatch.classify import BEST_KEY, metrics_table
+        from iotwatch.classify import BEST_KEY, DETAIL_FILE, metrics_table
 
+        # classify.json keeps the compared figures; the per-class detail is beside the plots.
+        detail = Path(paths.plots_dir) / DETAIL_FILE
+        if detail.is_file():
+            found["classify"] = _load(detail) or found["classify"]
         lines += classifier_section(found["classify"], paths)
         summary["models"] = len(metrics_table(found["classify"]))
         best = found["classify"].get(BEST_KEY) or {}

@@ -10,7 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from iotwatch.classify import BEST_KEY, SCORE_KEYS, ClassifyConfig, load_classifier
+from iotwatch.classify import (
+    BEST_KEY,
+    COMPARED_KEYS,
+    DETAIL_FILE,
+    SCORE_KEYS,
+    ClassifyConfig,
+    load_classifier,
+)
 from iotwatch.classify import run as run_classify
 from iotwatch.context import StageContext
 from iotwatch.features import FeaturesConfig
@@ -90,11 +97,13 @@ def test_features_carve_validation_and_hold_out_one_unit_per_type(pipeline) -> N
 
 def test_classify_chooses_on_validation_and_reports_every_split(pipeline) -> None:
     saved = json.loads((pipeline.paths.metrics_dir / "classify.json").read_text())
-    assert set(saved) == {*MODELS, BEST_KEY}
+    detail = json.loads((pipeline.paths.plots_dir / DETAIL_FILE).read_text())
+    assert set(saved) == set(detail) == {*MODELS, BEST_KEY}
     for m in MODELS:
         for split in ("validation", "test", "devices"):
-            assert set(SCORE_KEYS) <= set(saved[m][split]), (m, split)
-        per_device = saved[m]["devices"]["per_device"]
+            assert set(saved[m][split]) == set(COMPARED_KEYS), (m, split)  # DVC metrics: compared
+            assert set(SCORE_KEYS) <= set(detail[m][split]), (m, split)  # the rest: detail
+        per_device = detail[m]["devices"]["per_device"]
         assert sorted(r["device_type"] for r in per_device.values()) == ["bulb", "camera", "plug"]
         assert all(r["flows"] == 30 for r in per_device.values())
         assert (pipeline.paths.plots_dir / f"confusion_{m}.png").is_file()
@@ -120,8 +129,8 @@ def test_mlflow_runs_nest_models_and_trials(pipeline) -> None:
     children = client.search_runs(
         [exp.experiment_id], f"tags.mlflow.parentRunId = '{pipeline.classify_run}'"
     )
-    assert sorted(r.info.run_name for r in children) == sorted(MODELS)
-    knn = next(r for r in children if r.info.run_name == "knn")
+    assert sorted(r.info.run_name for r in children) == sorted(f"classify/{m}" for m in MODELS)
+    knn = next(r for r in children if r.info.run_name == "classify/knn")
     assert knn.data.metrics["validation/accuracy"] == saved["knn"]["validation"]["accuracy"]
     assert knn.data.metrics["test/accuracy"] == saved["knn"]["test"]["accuracy"]
     trials = client.search_runs(
