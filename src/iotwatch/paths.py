@@ -30,6 +30,7 @@ class PathsConfig:
     anomaly_tuned: Path
     anomaly_models: Path
     anomaly_plots: Path
+    anomaly_curves: Path
     report: Path
 
 

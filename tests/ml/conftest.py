@@ -104,6 +104,7 @@ def make_paths(tmp_path: Path) -> PathsConfig:
         anomaly_tuned=tmp_path / "models/tuned",
         anomaly_models=tmp_path / "models/anomaly",
         anomaly_plots=tmp_path / "reports/anomaly",
+        anomaly_curves=tmp_path / "reports/anomaly_curves",
         report=tmp_path / "reports/report.md",
     )
 

@@ -9,8 +9,8 @@ A flow is an attack when its score is > the threshold (see ``threshold``).
 
 Files per device D (metric_key(D) as folder name):
 ``<paths.anomaly_models>/D/{state_dict.pt, scaler.json, threshold.json, model.json, metrics.json}``
-and ``<paths.anomaly_plots>/D/{roc.png, pr.png, errors.png, roc.csv, pr.csv}`` (the CSVs are
-the autoencoder's curves for `dvc plots`). The data is ``<paths.anomaly_data>/D.parquet``
+(+ ``roc.csv``, ``pr.csv``: the autoencoder's test curves) and
+``<paths.anomaly_plots>/D/{roc.png, pr.png, errors.png}``. The data is ``<paths.anomaly_data>/D.parquet``
 (written by the features stage); tuned parameters come from ``<paths.anomaly_tuned>/D.json``.
 """
 
@@ -269,8 +269,10 @@ def plot_device(
     attack_errors: np.ndarray,
     thresholds: dict[str, float],
     folder: Path,
+    curves: Path | None = None,
 ) -> list[Path]:
-    """ROC and PR curves on test (autoencoder + baselines) and the AE error histogram."""
+    """ROC and PR curves on test (autoencoder + baselines) and the AE error histogram; the
+    autoencoder's curves also as CSV in ``curves`` (the anomaly stage draws them per type)."""
     import numpy as np
     from sklearn.metrics import precision_recall_curve, roc_curve
 
@@ -290,7 +292,8 @@ def plot_device(
                 else:
                     p, r, _ = precision_recall_curve(y, s)
                     ax.plot(r, p, label=name, lw=1.8 if name == "autoencoder" else 1)
-            write_curve(folder / f"{kind}.csv", kind, y, scores["autoencoder"])
+            if curves is not None:
+                write_curve(curves / f"{kind}.csv", kind, y, scores["autoencoder"])
             if kind == "roc":
                 ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls=":")
                 ax.set_xlabel("false positive rate")
@@ -429,9 +432,10 @@ def run_device(
             test_s[d.test_attack],
             {"best-F1": m["threshold"], f"FPR {cfg.target_fpr:g}": m["fpr_rule"]["threshold"]},
             plots_dir / key,
+            curves=folder,
         )
         for png in pngs:
-            msr.log_artifact(png, "figures")
+            msr.log_artifact(png)  # top level: the compare view lines them up across types
     msr.log_metrics(mlflow_metrics(m))
     for name in ("scaler.json", "threshold.json", "model.json"):
         msr.log_artifact(folder / name, "model")
@@ -506,7 +510,7 @@ def run(cfg: AnomalyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     AE and baselines, threshold on validation, report test metrics; each type's metrics also
     go to ``<anomaly_models>/<type>/metrics.json`` (the anomaly stage gathers them). Types with
     too few flows are skipped with the reason (listed under ``skipped``)."""
-    from iotwatch.anomaly.data import skip_reason
+    from iotwatch.anomaly.data import skip_reason, slice_frame
     from iotwatch.features import metric_key
 
     paths, seed = ctx.paths, ctx.seed
@@ -529,6 +533,8 @@ def run(cfg: AnomalyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
             log.info("anomaly %s: tuned parameters %s", device, applied)
         log.info("anomaly %s: %s", device, d.counts())
         with sr.child(f"anomaly/{device}", {"device_type": device}) as msr:
+            table_path = Path(paths.anomaly_data) / f"{key}.parquet"
+            msr.log_input_tables({"device": (table_path, slice_frame(d))})
             m = run_device(dcfg, d, seed, models_dir, plots_dir, msr)
         m["tuned"] = applied
         (models_dir / key / METRICS_FILE).write_text(

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+HEADLINE_FILE = "anomaly_headline.json"  # DVC metrics: auc, fpr, recall, f1 per type and detector
 # The figures a reader compares across detectors (test set, best-F1 threshold).
 HEADLINE = ("recall", "fpr", "f1", "auc", "tpr_at_1pct_fpr")
 
@@ -102,6 +103,27 @@ def plot_summary(rows: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+CURVES = ("roc", "pr")  # <anomaly_curves>/{roc,pr}.csv: every type's curve, a `device` column
+
+
+def write_curves(ctx: StageContext, metrics: dict[str, Any]) -> None:
+    """Every modelled type's test ROC and PR curves in one CSV each (`dvc plots`, one line per
+    type: template .dvc/plots/by_device.json)."""
+    models, plots = Path(ctx.paths.anomaly_models), Path(ctx.paths.anomaly_curves)
+    plots.mkdir(parents=True, exist_ok=True)
+    for kind in CURVES:
+        header, rows = None, []
+        for key in sorted(k for k in metrics if k != SKIPPED):
+            path = models / key / f"{kind}.csv"
+            if not path.is_file():
+                continue
+            lines = path.read_text().splitlines()
+            header = header or lines[0]
+            rows += [f"{key},{i},{line}" for i, line in enumerate(lines[1:])]
+        text = f"device,i,{header or ''}\n" + "".join(r + "\n" for r in rows)
+        (plots / f"{kind}.csv").write_text(text)
+
+
 def run(cfg: AnomalyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     """Anomaly stage: merge the per-type metrics, log and draw the comparison."""
     metrics = gather(ctx, cfg.device)
@@ -115,9 +137,18 @@ def run(cfg: AnomalyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     if metrics[SKIPPED]:
         log.warning("anomaly: skipped device types: %s", sorted(metrics[SKIPPED]))
     sr.record(metrics)
+    # What `dvc metrics show` registers: the figures people compare, per type and detector.
+    headline: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        figures = {k: r[k] for k in ("auc", "fpr", "recall", "f1")}
+        headline.setdefault(r["device"], {})[r["detector"]] = figures
+    path = Path(ctx.paths.metrics_dir) / HEADLINE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(headline, indent=2, sort_keys=True) + "\n")
+    write_curves(ctx, metrics)
     png = plot_summary(rows, Path(ctx.paths.anomaly_plots) / "summary.png")
     if png is not None:
-        sr.log_artifact(png, "figures")
+        sr.log_artifact(png)
     return metrics
 
 

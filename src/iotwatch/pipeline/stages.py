@@ -120,7 +120,7 @@ STAGES: dict[str, Stage] = {
     ),
     "anomaly": Stage(
         "iotwatch.anomaly.summary", "iotwatch.anomaly.stage:AnomalyConfig", "anomaly",
-        "behaviour", (), ("anomaly_plots",),
+        "behaviour", (), ("anomaly_plots", "anomaly_curves"),
     ),
     "report": Stage("iotwatch.report", None, None, "report", (), ("report",)),
     "export": Stage(
