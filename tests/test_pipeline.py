@@ -247,6 +247,20 @@ def test_step_two_is_tracked_and_a_forced_rerun_gives_identical_metrics(repo: Pa
     dev_run = next(r for r in runs if r.info.run_name == f"anomaly/{device}")
     for key in ("test/f1", "test/fpr", "test/auc", "test/recall", "val/f1", "val_loss"):
         assert key in dev_run.data.metrics, key
+    # the monitor's bundle, the stage's folder and the registered version hold the same weights
+    import hashlib
+
+    def digest(p: Path) -> str:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    weights = "weights.safetensors"
+    staged = digest(repo / "models/anomaly" / device / weights)
+    _run(["dvc", "repro", "export"], repo)
+    assert digest(repo / "models/bundle/anomaly" / device / weights) == staged
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions(f"name='iotwatch-anomaly-{device}'")
+    latest = max(versions, key=lambda v: int(v.version))
+    assert latest.tags[f"sha256.{weights}"] == staged
     _run(["git", "checkout", "--", "."], repo)
 
 

@@ -312,8 +312,11 @@ def _convert_device(src: Path, dst: Path) -> dict[str, Any]:
     except Exception as exc:  # torch raises several types for a bad file
         raise InputError(f"{src}: cannot read the anomaly model ({exc})") from None
     dst.mkdir(parents=True, exist_ok=True)
-    write_arrays({k: v.detach().cpu().numpy() for k, v in state.items()}, dst / WEIGHTS,
-                 {"format": "iotwatch-autoencoder/1"})  # fmt: skip
+    if (src / WEIGHTS).is_file():  # the stage's own file: the bundle and the registry hold it
+        shutil.copyfile(src / WEIGHTS, dst / WEIGHTS)
+    else:  # a folder from before the stage wrote it
+        write_arrays({k: v.detach().cpu().numpy() for k, v in state.items()}, dst / WEIGHTS,
+                     {"format": "iotwatch-autoencoder/1"})  # fmt: skip
     for name in ("scaler.json", "threshold.json", "model.json"):
         shutil.copyfile(src / name, dst / name)
     return {"threshold": float(thr["threshold"]), "fpr_threshold": float(thr["fpr_threshold"]),

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SKIPPED = "skipped"  # key of anomaly.json listing the devices that were not modelled
 THRESHOLD_FORMAT = "iotwatch-anomaly-threshold/1"
+SAFETENSORS = "weights.safetensors"
 
 
 @dataclass
@@ -198,11 +199,16 @@ def save_device(
     hparams: dict[str, Any],
     thresholds: dict[str, Any],
 ) -> None:
-    """``state_dict.pt`` (weights only), ``scaler.json``, ``threshold.json``, ``model.json``."""
+    """``state_dict.pt`` (weights only, for torch), ``weights.safetensors`` (the same weights
+    for the monitor, which reads them with numpy: the very file the bundle and the MLflow model
+    version hold), ``scaler.json``, ``threshold.json``, ``model.json``."""
     from iotwatch.anomaly.model import save_weights
+    from iotwatch.monitor.arrays import write_arrays
 
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(model, folder / "state_dict.pt")
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    write_arrays(state, folder / SAFETENSORS, {"format": "iotwatch-autoencoder/1"})
     scaler.save(folder / "scaler.json")
     (folder / "threshold.json").write_text(json.dumps(thresholds, indent=2) + "\n")
     (folder / "model.json").write_text(
