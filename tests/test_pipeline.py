@@ -153,7 +153,7 @@ def test_exp_run_with_a_classify_param_reruns_classify_and_report_only(repo: Pat
         ["dvc", "exp", "run", "-S", "experiment=tiny",
          "-S", "classify.models.svm.params.C=0.01"], repo,
     )  # fmt: skip
-    assert _ran(out) == {"classify", "report"}, out[-3000:]
+    assert _ran(out) == {"classify", "report", "export"}, out[-3000:]  # export bundles it
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["classify"]["models"]["svm"]["params"]["C"] == 0.01
     after = _classify(repo)
@@ -218,7 +218,7 @@ def test_multirun_jobs_are_logged_with_their_override_values(repo: Path) -> None
     )
     svm_runs = [
         r for r in runs
-        if r.info.run_name == "svm" and r.data.params.get("C") in ("0.5", "50.0")
+        if r.info.run_name == "classify/svm" and r.data.params.get("C") in ("0.5", "50.0")
     ]  # fmt: skip
     assert sorted(r.data.params["C"] for r in svm_runs) == ["0.5", "50.0"]
 

@@ -211,6 +211,9 @@ def anomaly_section(anomaly: dict[str, Any], paths: PathsConfig) -> list[str]:
             "Skipped: " + ", ".join(f"{k} ({v.get('reason', '')})" for k, v in skipped.items()),
         ]
     report = Path(paths.report)
+    summary_png = Path(paths.anomaly_plots) / "summary.png"
+    if summary_png.is_file():
+        lines += ["", f"![recall and FPR per type and detector]({_rel(summary_png, report)})"]
     for dev in devices:
         pics = [Path(paths.anomaly_plots) / dev / f"{n}.png" for n in ("roc", "pr", "errors")]
         pics = [q for q in pics if q.is_file()]
@@ -220,12 +223,17 @@ def anomaly_section(anomaly: dict[str, Any], paths: PathsConfig) -> list[str]:
     return lines + [""]
 
 
+REPORTED = ("flows", "features", "tsne", "classify", "anomaly")  # metrics files read
+
+
 def build_report(paths: PathsConfig, exclude: str = "report") -> tuple[str, dict[str, Any]]:
     """Markdown text of the report and its summary numbers, from metrics files and figures."""
     metrics_dir = Path(paths.metrics_dir)
     found: dict[str, dict[str, Any]] = {}
+    # only the files dvc.yaml lists as the report's deps (others, e.g. export.json written after
+    # the report, would make it depend on undeclared and possibly stale inputs)
     for path in sorted(metrics_dir.glob("*.json")) if metrics_dir.is_dir() else []:
-        if path.stem == exclude:
+        if path.stem == exclude or path.stem not in REPORTED:
             continue
         data = _load(path)
         if data is not None:
