@@ -3,7 +3,7 @@
 Written by the pipeline's last stage (``export``) and by `iotwatch export`; its layout is in
 docs/monitor.md. Only formats that cannot run code when loaded: the classifier as skops
 (loaded against the classify module's allow-list), the autoencoders' weights and the
-classifier's trees as safetensors (read with numpy, see ``monitor.arrays``), JSON for the rest.
+classifier's trees as safetensors (read with numpy, see ``iotwatch.arrays``), JSON for the rest.
 ``manifest.json`` names every file with its SHA-256, the feature schema, the full flow
 profile, the open-set bars, package versions, a hash of the training tables and the metrics;
 ``load_bundle`` refuses (one line, ``InputError``) a bundle that is missing, corrupt, or was
@@ -131,7 +131,7 @@ def _device_key(device: str) -> str:
 
 def _load_detector(folder: Path, device: str) -> Detector:
     from iotwatch.anomaly.scaling import FeatureScaler
-    from iotwatch.monitor.arrays import read_arrays
+    from iotwatch.arrays import read_arrays
     from iotwatch.monitor.autoencoder import Detector
 
     try:
@@ -215,7 +215,7 @@ def load_bundle(path: Path | str, *, use_forest: bool = True) -> Bundle:
     cls_info = manifest["classifier"]
     classifier: Any
     if use_forest and cls_info.get("forest"):
-        from iotwatch.monitor.arrays import read_arrays
+        from iotwatch.arrays import read_arrays
         from iotwatch.monitor.forest import Forest
 
         arrays, meta = read_arrays(path / cls_info["forest"])
@@ -301,7 +301,7 @@ def _convert_device(src: Path, dst: Path) -> dict[str, Any]:
     """One anomaly model folder -> the bundle's (weights as safetensors); its threshold info."""
     import torch
 
-    from iotwatch.monitor.arrays import write_arrays
+    from iotwatch.arrays import write_arrays
 
     try:
         state = torch.load(src / "state_dict.pt", map_location="cpu", weights_only=True)
@@ -336,10 +336,10 @@ def _check_scores(src: Path, det: Detector, x: np.ndarray) -> float:
 def write_bundle(inputs: ExportInputs, out: Path | str) -> dict[str, Any]:
     """Write the bundle folder ``out`` (a temporary folder renamed into place: an existing
     bundle is replaced only by a complete one). Returns the manifest."""
+    from iotwatch.arrays import write_arrays
     from iotwatch.classify import load_classifier
     from iotwatch.features import LABEL, read_table
     from iotwatch.flowmeter.schema import feature_columns
-    from iotwatch.monitor.arrays import write_arrays
     from iotwatch.monitor.forest import compile_pipeline
     from iotwatch.monitor.openset import calibrate
 

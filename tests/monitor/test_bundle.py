@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from iotwatch.arrays import read_arrays, write_arrays
 from iotwatch.bundle import MANIFEST, load_bundle, read_manifest, sha256
 from iotwatch.cli import main as cli
 from iotwatch.errors import InputError
-from iotwatch.monitor.arrays import read_arrays, write_arrays
 
 
 def _copy(bundle: Path, tmp_path: Path) -> Path:

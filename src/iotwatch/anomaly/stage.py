@@ -203,7 +203,7 @@ def save_device(
     for the monitor, which reads them with numpy: the very file the bundle and the MLflow model
     version hold), ``scaler.json``, ``threshold.json``, ``model.json``."""
     from iotwatch.anomaly.model import save_weights
-    from iotwatch.monitor.arrays import write_arrays
+    from iotwatch.arrays import write_arrays
 
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(model, folder / "state_dict.pt")
