@@ -160,6 +160,16 @@ def test_every_stage_depends_on_the_code_it_runs() -> None:
     assert not missing, f"dvc.yaml misses code deps: {missing}"
 
 
+def test_every_listed_code_dep_exists() -> None:
+    # a module moved or removed but still listed makes `dvc repro` fail with "No such file"
+    stale = {
+        name: [d for d in st.get("deps", []) if d.startswith("src/") and not (REPO / d).exists()]
+        for name, st in dvc_stages().items()
+    }
+    stale = {k: v for k, v in stale.items() if v}
+    assert not stale, f"dvc.yaml lists code that does not exist: {stale}"
+
+
 def test_the_derivation_sees_lazy_imports() -> None:
     # classify imports viz (confusion plots) inside a function; the stage must depend on it.
     assert SRC / "iotwatch/viz.py" in stage_files("classify")
