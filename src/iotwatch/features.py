@@ -550,20 +550,19 @@ def run(cfg: FeaturesConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     if mal_source.is_file():
         mal_flows = read_table(mal_source, "malicious flow table")
         if dataset.ground_truth is not None:
-            gt = read_ground_truth(Path(dataset.ground_truth))
             how = f"ground truth {dataset.ground_truth}"
-        elif dataset.malicious_hosts is not None:
-            gt = None
-            how = f"malicious hosts {dataset.malicious_hosts}"
-        else:
-            gt = None
-            how = "every flow of the malicious captures (no ground_truth, no malicious_hosts)"
-        mal, mstats = malicious_features(mal_flows, gt, cfg, str(mal_source))
-        if dataset.ground_truth is None and len(mal):
-            hosts = None
-            if dataset.malicious_hosts is not None:
-                hosts = read_malicious_hosts(Path(dataset.malicious_hosts))
-            mal, mstats = label_malicious(mal, mal_flows, hosts, mstats)
+            gt = read_ground_truth(Path(dataset.ground_truth))
+            mal, mstats = malicious_features(mal_flows, gt, cfg, str(mal_source))
+        else:  # no per-connection ground truth: by host, or every flow
+            hosts_csv = dataset.malicious_hosts
+            how = (
+                f"malicious hosts {hosts_csv}" if hosts_csv is not None
+                else "every flow of the malicious captures (no ground_truth, no malicious_hosts)"
+            )  # fmt: skip
+            mal, mstats = malicious_features(mal_flows, None, cfg, str(mal_source))
+            if len(mal):
+                hosts = read_malicious_hosts(Path(hosts_csv)) if hosts_csv is not None else None
+                mal, mstats = label_malicious(mal, mal_flows, hosts, mstats)
         mstats["labelled_by"] = how
         log.info(
             "malicious flows (labelled by %s): %d labelled, %d not",
@@ -575,15 +574,9 @@ def run(cfg: FeaturesConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
         mstats = {"flows": 0, "matched": 0, "unmatched": 0, "per_attack": {}}
     _write(mal, paths.features_malicious)
     metrics["malicious"] = mstats
+    types, folder = list(dataset.device_types), Path(paths.anomaly_data)
     metrics["anomaly"] = write_anomaly_tables(
-        train,
-        validation,
-        test,
-        mal,
-        cfg,
-        list(dataset.device_types),
-        Path(paths.anomaly_data),
-        seed,
+        train, validation, test, mal, cfg, types, folder, seed
     )
     sr.record(metrics)
     return metrics

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from iotwatch.anomaly.data import DeviceData
-    from iotwatch.anomaly.model import SparseAutoencoder
+    from iotwatch.anomaly.model import SparseAutoencoder, TrainSettings
     from iotwatch.anomaly.scaling import FeatureScaler
     from iotwatch.context import StageContext
     from iotwatch.tracking import StageRun
@@ -110,7 +110,8 @@ class AnomalyConfig:
             raise ValueError(f"baselines: unknown {unknown}; known: {list(BASELINES)}")
 
 
-def _model_hparams(cfg: AnomalyConfig, n_features: int) -> dict[str, Any]:
+def model_hparams(cfg: AnomalyConfig, n_features: int) -> dict[str, Any]:
+    """The autoencoder's constructor arguments (``SparseAutoencoder(**hparams)``)."""
     return {
         "n_features": n_features,
         "hidden": cfg.hidden,
@@ -119,6 +120,20 @@ def _model_hparams(cfg: AnomalyConfig, n_features: int) -> dict[str, Any]:
         "sparsity_weight": cfg.sparsity_weight,
         "output": cfg.output,
     }
+
+
+def train_settings(cfg: AnomalyConfig, max_epochs: int | None = None) -> TrainSettings:
+    """How to train the autoencoder (``max_epochs`` overrides, e.g. the tune stage's)."""
+    from iotwatch.anomaly.model import TrainSettings
+
+    return TrainSettings(
+        max_epochs=cfg.max_epochs if max_epochs is None else max_epochs,
+        batch_size=cfg.batch_size,
+        patience=cfg.patience,
+        min_delta=cfg.min_delta,
+        accelerator=cfg.accelerator,
+        enable_progress_bar=cfg.enable_progress_bar,
+    )
 
 
 def _thresholds(
@@ -253,17 +268,23 @@ def load_device(folder: Path | str) -> DeviceDetector:
     return DeviceDetector(model, scaler, float(thr["threshold"]), float(thr["fpr_threshold"]))
 
 
-def write_curve(path: Path, kind: str, y: np.ndarray, scores: np.ndarray) -> None:
-    """The autoencoder's test ROC (fpr, tpr) or PR (recall, precision) curve as CSV (DVC plots)."""
+CURVE_AXES = {"roc": ("fpr", "tpr"), "pr": ("recall", "precision")}
+
+
+def curve(kind: str, y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Test ROC (fpr, tpr) or precision-recall (recall ascending, precision) curve points."""
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     if kind == "roc":
-        a, b, _ = roc_curve(y, scores)
-        header, rows = "fpr,tpr", zip(a, b, strict=True)
-    else:
-        p, r, _ = precision_recall_curve(y, scores)
-        header, rows = "recall,precision", zip(r[::-1], p[::-1], strict=True)
-    lines = [header] + [f"{u:.6g},{v:.6g}" for u, v in rows]
+        fx, ty, _ = roc_curve(y, scores)
+        return fx, ty
+    p, r, _ = precision_recall_curve(y, scores)
+    return r[::-1], p[::-1]
+
+
+def write_curve(path: Path, kind: str, x: np.ndarray, y: np.ndarray) -> None:
+    """Curve points as CSV with the ``CURVE_AXES`` header (the anomaly stage's `dvc plots`)."""
+    lines = [",".join(CURVE_AXES[kind])] + [f"{u:.6g},{v:.6g}" for u, v in zip(x, y, strict=True)]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -280,7 +301,6 @@ def plot_device(
     """ROC and PR curves on test (autoencoder + baselines) and the AE error histogram; the
     autoencoder's curves also as CSV in ``curves`` (the anomaly stage draws them per type)."""
     import numpy as np
-    from sklearn.metrics import precision_recall_curve, roc_curve
 
     from iotwatch.viz import _pyplot
 
@@ -292,14 +312,10 @@ def plot_device(
         for kind in ("roc", "pr"):
             fig, ax = plt.subplots(figsize=(5.5, 5))
             for name, s in scores.items():
-                if kind == "roc":
-                    fx, ty, _ = roc_curve(y, s)
-                    ax.plot(fx, ty, label=name, lw=1.8 if name == "autoencoder" else 1)
-                else:
-                    p, r, _ = precision_recall_curve(y, s)
-                    ax.plot(r, p, label=name, lw=1.8 if name == "autoencoder" else 1)
-            if curves is not None:
-                write_curve(curves / f"{kind}.csv", kind, y, scores["autoencoder"])
+                cx, cy = curve(kind, y, s)
+                ax.plot(cx, cy, label=name, lw=1.8 if name == "autoencoder" else 1)
+                if name == "autoencoder" and curves is not None:
+                    write_curve(curves / f"{kind}.csv", kind, cx, cy)
             if kind == "roc":
                 ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls=":")
                 ax.set_xlabel("false positive rate")
@@ -347,7 +363,7 @@ def run_device(
     """Train, threshold, evaluate, save and plot one device type (inside its child run)."""
     import mlflow
 
-    from iotwatch.anomaly.model import TrainSettings, fit_autoencoder, reconstruction_errors
+    from iotwatch.anomaly.model import fit_autoencoder, reconstruction_errors
     from iotwatch.anomaly.scaling import FeatureScaler
     from iotwatch.features import metric_key
 
@@ -358,15 +374,8 @@ def run_device(
         "validation": scaler.transform(d.validation),
         "test": scaler.transform(d.test),
     }
-    hparams = _model_hparams(cfg, len(d.columns))
-    settings = TrainSettings(
-        max_epochs=cfg.max_epochs,
-        batch_size=cfg.batch_size,
-        patience=cfg.patience,
-        min_delta=cfg.min_delta,
-        accelerator=cfg.accelerator,
-        enable_progress_bar=cfg.enable_progress_bar,
-    )
+    hparams = model_hparams(cfg, len(d.columns))
+    settings = train_settings(cfg)
     msr.log_params(
         {
             "device_type": d.device,
@@ -483,12 +492,18 @@ def device_types(ctx: StageContext, device: str | None) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.parquet"))
 
 
+def device_table(ctx: StageContext, device: str) -> Path:
+    """The features stage's table of one device type (``<anomaly_data>/<type>.parquet``)."""
+    from iotwatch.features import metric_key
+
+    return Path(ctx.paths.anomaly_data) / f"{metric_key(device)}.parquet"
+
+
 def load_device_data(ctx: StageContext, device: str) -> tuple[DeviceData | None, str | None]:
     """(data, None), or (None, why it is missing) when the features stage wrote no table."""
     from iotwatch.anomaly.data import read_slice
-    from iotwatch.features import metric_key
 
-    path = Path(ctx.paths.anomaly_data) / f"{metric_key(device)}.parquet"
+    path = device_table(ctx, device)
     if not path.is_file():
         return None, f"no table {path} (no legitimate flows of this type in the features stage)"
     return read_slice(path, device), None
@@ -539,8 +554,7 @@ def run(cfg: AnomalyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
             log.info("anomaly %s: tuned parameters %s", device, applied)
         log.info("anomaly %s: %s", device, d.counts())
         with sr.child(f"anomaly/{device}", {"device_type": device}) as msr:
-            table_path = Path(paths.anomaly_data) / f"{key}.parquet"
-            msr.log_input_tables({"device": (table_path, slice_frame(d))})
+            msr.log_input_tables({"device": (device_table(ctx, device), slice_frame(d))})
             m = run_device(dcfg, d, seed, models_dir, plots_dir, msr)
         m["tuned"] = applied
         (models_dir / key / METRICS_FILE).write_text(

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from iotwatch.anomaly.stage import METRICS_FILE, SKIPPED, device_types
+from iotwatch.anomaly.stage import CURVE_AXES, METRICS_FILE, SKIPPED, device_types
 from iotwatch.errors import InputError
 
 if TYPE_CHECKING:
@@ -103,25 +103,19 @@ def plot_summary(rows: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
-CURVES = ("roc", "pr")  # <anomaly_curves>/{roc,pr}.csv: every type's curve, a `device` column
-
-
 def write_curves(ctx: StageContext, metrics: dict[str, Any]) -> None:
-    """Every modelled type's test ROC and PR curves in one CSV each (`dvc plots`, one line per
-    type: template .dvc/plots/by_device.json)."""
-    models, plots = Path(ctx.paths.anomaly_models), Path(ctx.paths.anomaly_curves)
-    plots.mkdir(parents=True, exist_ok=True)
-    for kind in CURVES:
-        header, rows = None, []
+    """Every modelled type's test ROC and PR curves (written by the autoencoder stage beside its
+    model) in one CSV each, ``<anomaly_curves>/{roc,pr}.csv`` with a ``device`` column (`dvc
+    plots`, one line per type: template .dvc/plots/by_device.json)."""
+    models, out = Path(ctx.paths.anomaly_models), Path(ctx.paths.anomaly_curves)
+    out.mkdir(parents=True, exist_ok=True)
+    for kind, axes in CURVE_AXES.items():
+        rows = []
         for key in sorted(k for k in metrics if k != SKIPPED):
             path = models / key / f"{kind}.csv"
-            if not path.is_file():
-                continue
-            lines = path.read_text().splitlines()
-            header = header or lines[0]
-            rows += [f"{key},{i},{line}" for i, line in enumerate(lines[1:])]
-        text = f"device,i,{header or ''}\n" + "".join(r + "\n" for r in rows)
-        (plots / f"{kind}.csv").write_text(text)
+            if path.is_file():
+                rows += [f"{key},{line}\n" for line in path.read_text().splitlines()[1:]]
+        (out / f"{kind}.csv").write_text(f"device,{','.join(axes)}\n" + "".join(rows))
 
 
 def run(cfg: AnomalyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:

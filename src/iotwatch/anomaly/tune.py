@@ -30,7 +30,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from iotwatch.anomaly.stage import TUNABLE, AnomalyConfig, device_types, load_device_data
+from iotwatch.anomaly.stage import (
+    TUNABLE,
+    AnomalyConfig,
+    device_table,
+    device_types,
+    load_device_data,
+    model_hparams,
+    train_settings,
+)
 from iotwatch.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -192,7 +200,7 @@ def tune_device(
     import optuna
 
     from iotwatch.anomaly.data import skip_reason
-    from iotwatch.anomaly.model import TrainSettings, fit_autoencoder, reconstruction_errors
+    from iotwatch.anomaly.model import fit_autoencoder, reconstruction_errors
     from iotwatch.anomaly.scaling import FeatureScaler
     from iotwatch.features import metric_key
 
@@ -212,8 +220,7 @@ def tune_device(
         out_path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         return result
     assert d is not None
-    data_file = Path(ctx.paths.anomaly_data) / f"{key}.parquet"
-    name = study_name(tune, acfg, data_file, ctx.seed, ctx.dataset.name, device)
+    name = study_name(tune, acfg, device_table(ctx, device), ctx.seed, ctx.dataset.name, device)
     url = storage_url(tune)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(
@@ -240,11 +247,7 @@ def tune_device(
     scaler = FeatureScaler(log1p=acfg.log1p).fit(d.train, d.columns)
     xt, xv = scaler.transform(d.train), scaler.transform(d.validation)
     xv_legit = xv[~d.validation_attack]
-    settings = TrainSettings(
-        max_epochs=tune.max_epochs, batch_size=acfg.batch_size, patience=acfg.patience,
-        min_delta=acfg.min_delta, accelerator=acfg.accelerator,
-        enable_progress_bar=acfg.enable_progress_bar,
-    )  # fmt: skip
+    settings = train_settings(acfg, max_epochs=tune.max_epochs)
 
     def objective(trial: optuna.Trial) -> float:
         import mlflow
@@ -252,11 +255,7 @@ def tune_device(
         trial.set_user_attr("worker", worker)
         params = suggest(trial, tune.search)
         tcfg = replace(acfg, **params)
-        hparams = {
-            "n_features": len(d.columns), "hidden": tcfg.hidden, "lr": tcfg.lr,
-            "sparsity_target": tcfg.sparsity_target, "sparsity_weight": tcfg.sparsity_weight,
-            "output": tcfg.output,
-        }  # fmt: skip
+        hparams = model_hparams(tcfg, len(d.columns))
         pruned: optuna.TrialPruned | None = None
         tags = {"device_type": device, "trial": trial.number, "study": name, "worker": worker}
         with sr.child(f"tune/{device}/trial-{trial.number}", tags) as tsr:
