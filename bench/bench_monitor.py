@@ -17,8 +17,11 @@ open-set part params.yaml's train/validation feature tables and classifier setti
    (same seed, ``--fifth-days``): reported unknown, the four known devices not.
 4. Open set, measured like Meidan et al. (windows of 20 consecutive TCP flows per device): for
    each device type in turn, a classifier trained without it (same settings, same training
-   flows otherwise) and the bundle's other autoencoders; share of the held-out device's
-   windows reported unknown, share of the known devices' windows given their right type.
+   flows otherwise) and the bundle's other autoencoders, the bars calibrated as the export
+   does (``openset.calibrate`` on the validation flows and the out-of-fold probabilities of
+   train + validation, all without that type); share of the held-out device's windows
+   reported unknown, share of the known devices' windows given their right type (per type
+   too, with why the others missed: wrong winner, confidence or fit below its bar).
 5. With ``--live-frames N`` (root): N frames blasted into a veth pair as fast as Python sends
    them, monitored on the other end: frames received and the kernel's drops.
 """
@@ -168,6 +171,8 @@ def open_set(home: Path, bundle_path: Path, params_path: Path) -> dict:
     """Leave one device type out of the classifier, vote over windows of 20 flows."""
     import dataclasses
 
+    import pandas as pd
+
     from iotwatch.bundle import load_bundle
     from iotwatch.classify import ClassifyConfig, make_pipeline
     from iotwatch.config import read_params
@@ -175,7 +180,7 @@ def open_set(home: Path, bundle_path: Path, params_path: Path) -> dict:
     from iotwatch.flowmeter import meter_captures
     from iotwatch.inventory import read_inventory_csv
     from iotwatch.monitor.forest import compile_pipeline
-    from iotwatch.monitor.openset import calibrate, device_groups, window_votes
+    from iotwatch.monitor.openset import calibrate, device_groups, out_of_fold_probs, window_votes
     from iotwatch.monitor.orient import LocalNetworks, responder_first
     from iotwatch.pipeline.stages import params_from_dict
 
@@ -185,6 +190,7 @@ def open_set(home: Path, bundle_path: Path, params_path: Path) -> dict:
     name = bundle.manifest["classifier"]["name"]
     train = read_table(params.paths.features_train, "train")
     val = read_table(params.paths.features_validation, "validation")
+    both = pd.concat([train, val], ignore_index=True)  # the export's calibration pool
     cols = bundle.feature_columns
     cfg = dataclasses.replace(bundle.flow_config, local_networks=[LOCAL_NET])
     files = sorted((home / "benign").glob("*.pcap"))
@@ -217,16 +223,35 @@ def open_set(home: Path, bundle_path: Path, params_path: Path) -> dict:
 
         v = val[val[LABEL].astype(str) != held].reset_index(drop=True)
         xv = v[cols].to_numpy(np.float64)
+        pool = both[both[LABEL].astype(str) != held].reset_index(drop=True)
+        pool_labels = pool[LABEL].astype(str).to_numpy()
+        oof = out_of_fold_probs(pipe, pool[cols], pool_labels, pool["device_id"].astype(str).to_numpy(),
+                                pool["capture_time"].to_numpy(np.float64), classes)  # fmt: skip
         rule, _ = calibrate(predict(xv), accepts(xv), classes, v[LABEL].astype(str).to_numpy(),
                             v["device_id"].astype(str).to_numpy(),
-                            v["capture_time"].to_numpy(np.float64))  # fmt: skip
+                            v["capture_time"].to_numpy(np.float64),
+                            pool_probs=oof, pool_labels=pool_labels)  # fmt: skip
         votes = window_votes(predict(x_eval), accepts(x_eval), classes, groups, rule.window)
-        fold = {"held_out": held, "bars": rule.confidence, "fit": rule.fit}
+        fold = {"held_out": held, "bars": rule.confidence, "fits": rule.fits, "fit": rule.fit}
         u = [rule.passes(b, c, f) is False for g, b, c, f in votes if group_type[g] == held]
         k = [rule.passes(b, c, f) and b == group_type[g]
              for g, b, c, f in votes if group_type[g] != held]  # fmt: skip
         fold.update(unknown_windows=len(u), flagged_unknown=float(np.mean(u)) if u else None,
                     known_windows=len(k), known_right=float(np.mean(k)) if k else None)  # fmt: skip
+        fold["held_out_votes"] = {t: sum(b == t for g, b, _, _ in votes if group_type[g] == held)
+                                  for t in classes}  # fmt: skip
+        fold["per_type"] = {}
+        for t in classes:
+            mine = [(b, c, f) for g, b, c, f in votes if group_type[g] == t]
+            n = max(len(mine), 1)
+            fold["per_type"][t] = {
+                "windows": len(mine),
+                "right": sum(b == t and rule.passes(b, c, f) for b, c, f in mine) / n,
+                "wrong_winner": sum(b != t for b, _, _ in mine) / n,
+                "low_confidence": sum(b == t and c < rule.confidence.get(t, 1.0)
+                                      for b, c, _ in mine) / n,
+                "low_fit": sum(b == t and f < rule.fits.get(t, rule.fit) for b, _, f in mine) / n,
+            }  # fmt: skip
         out["folds"][held] = fold
         unknown_hits += sum(u)
         unknown_total += len(u)
@@ -234,6 +259,10 @@ def open_set(home: Path, bundle_path: Path, params_path: Path) -> dict:
         known_total += len(k)
         print(f"  without {held}: {fold['flagged_unknown']:.3f} of its {len(u)} windows unknown, "
               f"{fold['known_right']:.3f} of {len(k)} known windows right", flush=True)  # fmt: skip
+        for t, p in fold["per_type"].items():
+            print(f"    {t}: {p['right']:.3f} right (bar {rule.confidence[t]:.3f}, fit "
+                  f"{rule.fits.get(t, rule.fit):.2f}; missed: confidence {p['low_confidence']:.3f}"
+                  f", fit {p['low_fit']:.3f}, wrong winner {p['wrong_winner']:.3f})")  # fmt: skip
     out["flagged_unknown"] = unknown_hits / unknown_total if unknown_total else None
     out["known_right"] = known_hits / known_total if known_total else None
     return out

@@ -333,6 +333,34 @@ def _check_scores(src: Path, det: Detector, x: np.ndarray) -> float:
     return float(np.max(np.abs(mine - ref) / np.maximum(np.abs(ref), 1e-12))) if len(x) else 0.0
 
 
+def _calibration_pool(tables: list[Path], columns: list[str], classes: list[str]) -> Any:
+    """The labelled flows of the training tables (each file once) the confidence bars are
+    calibrated on, or None when they are missing or lack a column (then the validation flows
+    alone calibrate them)."""
+    import pandas as pd
+
+    from iotwatch.features import LABEL, read_table
+
+    need = [*columns, LABEL, "device_id", "capture_time"]
+    frames = []
+    for path in dict.fromkeys(Path(t).resolve() for t in tables):
+        if not path.is_file():
+            log.warning("export: %s missing: open-set confidence from validation only", path)
+            return None
+        t = read_table(path, "training table")
+        if any(c not in t.columns for c in need):
+            log.warning("export: %s lacks %s: open-set confidence from validation only", path,
+                        [c for c in need if c not in t.columns])  # fmt: skip
+            return None
+        frames.append(t[need])
+    pool = pd.concat(frames, ignore_index=True) if frames else None
+    if pool is not None and not pool[LABEL].astype(str).isin(classes).all():
+        log.warning("export: the training tables have types the classifier does not know: "
+                    "open-set confidence from validation only")  # fmt: skip
+        return None
+    return pool
+
+
 def write_bundle(inputs: ExportInputs, out: Path | str) -> dict[str, Any]:
     """Write the bundle folder ``out`` (a temporary folder renamed into place: an existing
     bundle is replaced only by a complete one). Returns the manifest."""
@@ -341,7 +369,7 @@ def write_bundle(inputs: ExportInputs, out: Path | str) -> dict[str, Any]:
     from iotwatch.features import LABEL, read_table
     from iotwatch.flowmeter.schema import feature_columns
     from iotwatch.monitor.forest import compile_pipeline
-    from iotwatch.monitor.openset import calibrate
+    from iotwatch.monitor.openset import calibrate, out_of_fold_probs
 
     out = Path(out)
     n = inputs.flow_config.n_packets
@@ -390,15 +418,23 @@ def write_bundle(inputs: ExportInputs, out: Path | str) -> dict[str, Any]:
                 forest_file = FOREST
             else:
                 log.warning("export: compiled trees differ from skops (%.3g): not used", diff)
-        # Open-set bars from the known devices' validation windows.
+        # Open-set bars: fit from the known devices' validation flows, confidence from the
+        # out-of-fold probabilities of the training tables (train + validation).
         accepts = np.ones_like(probs, dtype=bool)
         for j, t in enumerate(classes):
             if t in devices:
                 det = _load_detector(tmp / devices[t]["folder"], t)
                 accepts[:, j] = det.score(x_val) <= det.threshold
+        pool = _calibration_pool(inputs.training_tables, cb.feature_columns, classes)
+        oof = None if pool is None else out_of_fold_probs(
+            cb.model, pool[cb.feature_columns], pool[LABEL].astype(str).to_numpy(),
+            pool["device_id"].astype(str).to_numpy(), pool["capture_time"].to_numpy(np.float64),
+            classes,
+        )  # fmt: skip
         rule, stats = calibrate(
             probs, accepts, classes, val[LABEL].astype(str).to_numpy(),
             val["device_id"].astype(str).to_numpy(), val["capture_time"].to_numpy(np.float64),
+            pool_probs=oof, pool_labels=None if pool is None else pool[LABEL].astype(str).to_numpy(),
         )  # fmt: skip
         manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT,

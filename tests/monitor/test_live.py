@@ -129,7 +129,7 @@ def _test_capture(home: Path, out: Path) -> Path:
 def _open_bundle(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     m = json.loads((dst / "manifest.json").read_text())
-    m["open_set"].update(window=1, memory=1, fit=0.0,
+    m["open_set"].update(window=1, memory=1, fit=0.0, fits={},
                          confidence={t: 0.0 for t in m["classifier"]["classes"]})  # fmt: skip
     (dst / "manifest.json").write_text(json.dumps(m))
     return dst

@@ -96,6 +96,14 @@ def test_each_flow_is_judged_once(trained, unseen) -> None:
     assert any(a["judged"] == "early" for a in alerts)
 
 
+def test_every_flow_is_counted_under_a_type(trained, unseen) -> None:
+    """A device's first window of flows waits for its vote, then is scored (or counted unknown)
+    too: once lost when the vote was decided before the waiting flows were released."""
+    _, summary = unseen
+    assert sum(summary["flows_per_device_type"].values()) == summary["flows_seen"]
+    assert sum(d["flows"] for d in summary["devices"].values()) <= summary["flows_seen"]
+
+
 def test_same_capture_same_alerts(trained, unseen, tmp_path: Path) -> None:
     out, _ = unseen
     rc, _ = _monitor(trained.other_home, trained.bundle, tmp_path)

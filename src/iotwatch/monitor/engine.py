@@ -318,8 +318,8 @@ class Monitor:
 
     def _vote(self, st: DeviceState, probs: list[float], accepts: list[float]) -> None:
         st.add_vote(probs, accepts)
-        if st.status == "pending" and len(st.probs) < self.rule.window:
-            return
+        if st.status == "pending":
+            return  # decided by _release, which also scores (or lets go) its waiting flows
         self._decide(st)
 
     def _decide(self, st: DeviceState) -> None:
