@@ -51,3 +51,37 @@ def test_errors(tmp_path) -> None:
         FeatureScaler.load(tmp_path / "bad.json")
     with pytest.raises(InputError, match="not found"):
         FeatureScaler.load(tmp_path / "missing.json")
+
+
+def test_sorted_order_sorts_each_group_largest_first() -> None:
+    from iotwatch.anomaly.scaling import column_groups
+
+    cols = ["size_sent_1", "size_sent_2", "size_sent_3", "size_recv_1", "size_recv_2", "iat_sent_1"]
+    assert column_groups(cols) == [[0, 1, 2], [3, 4], [5]]
+    # the same flow with its pure ACK (40) at another position, and its received sizes swapped
+    a = np.array([[40.0, 930.0, 0.0, 237.0, 40.0, 1.5]])
+    b = np.array([[930.0, 40.0, 0.0, 40.0, 237.0, 1.5]])
+    train = np.vstack([a, b, [[60.0, 40.0, 215.0, 60.0, 40.0, 0.1]]])
+    s = FeatureScaler(log1p=False, order="sorted").fit(train, cols)
+    assert np.array_equal(s.transform(a), s.transform(b))
+    assert s.mean[:3] == pytest.approx(
+        [(930 + 930 + 215) / 3, (40 + 40 + 60) / 3, (0 + 0 + 40) / 3]
+    )
+    p = FeatureScaler(log1p=False).fit(train, cols)  # positional: the two differ
+    assert not np.array_equal(p.transform(a), p.transform(b))
+    assert np.array_equal(a, np.array([[40.0, 930.0, 0.0, 237.0, 40.0, 1.5]]))  # input untouched
+
+
+def test_order_round_trips_and_old_files_are_positional(tmp_path) -> None:
+    x = np.random.default_rng(1).exponential(size=(10, 4))
+    cols = ["v_1", "v_2", "w_1", "w_2"]
+    s = FeatureScaler(order="sorted").fit(x, cols)
+    s.save(tmp_path / "scaler.json")
+    back = FeatureScaler.load(tmp_path / "scaler.json")
+    assert back.order == "sorted" and np.array_equal(back.transform(x), s.transform(x))
+    data = json.loads((tmp_path / "scaler.json").read_text())
+    del data["order"]
+    assert FeatureScaler.from_dict(data).order == "positional"
+    data["order"] = "shuffled"
+    with pytest.raises(InputError, match="order must be one of"):
+        FeatureScaler.from_dict(data)

@@ -84,6 +84,16 @@ def test_stage_end_to_end(tmp_path, capsys) -> None:
     assert m["bulb"]["threshold_rule"].startswith("fpr")  # no attacks aimed at the bulb
     assert m["bulb"]["auc"] is None
     assert "anomaly camera: trained in" in capsys.readouterr().out
+    # anomaly.order best: both feature orders trained, the higher VALIDATION AUC kept
+    for dev in ("camera", "plug"):
+        choice = m[dev]["order_choice"]
+        aucs = {o: choice[o]["val_auc"] for o in ("positional", "sorted")}
+        assert m[dev]["order"] == (
+            "sorted" if aucs["sorted"] > aucs["positional"] else "positional"
+        )
+        saved = json.loads((paths.anomaly_models / dev / "scaler.json").read_text())
+        assert saved["order"] == m[dev]["order"]
+    assert m["bulb"]["order_choice"]["sorted"]["val_auc"] is None  # no attacks: by validation loss
     # MLflow: one child run per device with per-epoch losses from Lightning's MLFlowLogger
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     client = mlflow.MlflowClient()
@@ -117,7 +127,12 @@ def test_stage_end_to_end(tmp_path, capsys) -> None:
 def test_one_device_without_mlflow(tmp_path) -> None:
     paths = make_paths(tmp_path)
     write_tables(paths)
-    cfg = tiny(device="plug", plots=False, baselines={"knn": {"params": {"n_neighbors": 3}}})
+    cfg = tiny(
+        device="plug",
+        plots=False,
+        order="positional",
+        baselines={"knn": {"params": {"n_neighbors": 3}}},
+    )
     ctx = StageContext(paths=paths, dataset=composed("experiment=tiny").dataset, seed=0)
     assert "plug" not in ctx.dataset.device_types  # cfg.device wins
     with stage_run("anomaly", TrackingConfig(enabled=False), paths.metrics_dir) as sr:
@@ -126,6 +141,7 @@ def test_one_device_without_mlflow(tmp_path) -> None:
     assert list(m["plug"]["baselines"]) == ["knn"]
     assert not (paths.plots_dir / "anomaly").exists()
     assert m["plug"]["flows"]["validation_attack"] == 10  # half of the 20 aimed at the plug
+    assert m["plug"]["order"] == "positional" and "order_choice" not in m["plug"]
 
 
 @pytest.mark.parametrize("name", ["default", "tiny"])
@@ -147,6 +163,7 @@ def test_dataclass_defaults_equal_default_yaml() -> None:
         ({"sparsity_target": 1.5}, r"sparsity_target"),
         ({"output": "relu"}, r"anomaly\.output"),
         ({"baselines": {"lof": {}}}, r"unknown \['lof'\]"),
+        ({"order": "shuffled"}, r"anomaly\.order"),
         ({"hiddn": 3}, r"unknown key"),
     ],
 )

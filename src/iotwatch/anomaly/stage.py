@@ -71,14 +71,17 @@ class AnomalyConfig:
     sparsity_weight: float = 0.2
     output: Literal["linear", "sigmoid"] = "linear"
     # Training.
-    max_epochs: int = 100
-    batch_size: int = 256
-    patience: int = 10
+    max_epochs: int = 200
+    batch_size: int = 32
+    patience: int = 20
     min_delta: float = 0.0
     accelerator: str = "auto"
     enable_progress_bar: bool = False
     # Features and data (which attack flows each device type gets: conf/features/).
     log1p: bool = True
+    # positional (the method's features) | sorted (each size/gap group sorted, largest first:
+    # iotwatch.anomaly.scaling) | best: both trained, the higher validation AUC kept (ties: positional)
+    order: Literal["positional", "sorted", "best"] = "best"
     device: str | None = None  # one device type (the DVC stage's item); None = dataset.device_types
     tuned: bool = True  # use paths.anomaly_tuned/<type>.json (the tune stage's best parameters)
     min_train_flows: int = 50
@@ -103,6 +106,8 @@ class AnomalyConfig:
             raise ValueError(f"sparsity_weight must be >= 0, got {self.sparsity_weight}")
         if not 0.0 <= self.target_fpr < 1.0:
             raise ValueError(f"target_fpr must be in [0, 1), got {self.target_fpr}")
+        if self.order not in ("positional", "sorted", "best"):
+            raise ValueError(f"order must be positional, sorted or best, got {self.order!r}")
         if self.min_train_flows < 2:
             raise ValueError(f"min_train_flows must be >= 2, got {self.min_train_flows}")
         unknown = sorted(set(self.baselines) - set(BASELINES))
@@ -352,6 +357,44 @@ def plot_device(
     return written
 
 
+def choose_order(
+    cfg: AnomalyConfig,
+    d: DeviceData,
+    hparams: dict[str, Any],
+    settings: TrainSettings,
+    seed: int,
+) -> tuple[str, dict[str, Any]]:
+    """The feature order to train with: ``cfg.order``, or for ``best`` the one whose autoencoder
+    (same hyperparameters, seed and settings) has the higher VALIDATION AUC (ties: positional;
+    without validation attacks: the lower legitimate validation loss). Returns the order and, for
+    ``best``, what each candidate scored (test flows are never looked at)."""
+    from sklearn.metrics import roc_auc_score
+
+    from iotwatch.anomaly.model import fit_autoencoder, reconstruction_errors
+    from iotwatch.anomaly.scaling import ORDERS, FeatureScaler
+
+    if cfg.order != "best":
+        return cfg.order, {}
+    found: dict[str, Any] = {}
+    for order in ORDERS:
+        sc = FeatureScaler(log1p=cfg.log1p, order=order).fit(d.train, d.columns)
+        xv = sc.transform(d.validation)
+        model, info = fit_autoencoder(sc.transform(d.train), xv[~d.validation_attack], hparams,
+                                      settings, seed)  # fmt: skip
+        scores = reconstruction_errors(model, xv)
+        both = d.validation_attack.any() and (~d.validation_attack).any()
+        auc = float(roc_auc_score(d.validation_attack, scores)) if both else None
+        found[order] = {"val_auc": auc, "val_loss": info["best_val_loss"],
+                        "seconds": info["seconds"]}  # fmt: skip
+    pos, srt = found["positional"], found["sorted"]
+    if pos["val_auc"] is not None and srt["val_auc"] is not None:
+        best = "sorted" if srt["val_auc"] > pos["val_auc"] else "positional"
+    else:
+        best = "sorted" if srt["val_loss"] < pos["val_loss"] else "positional"
+    log.info("anomaly %s: feature order %s (validation %s)", d.device, best, found)
+    return best, found
+
+
 def run_device(
     cfg: AnomalyConfig,
     d: DeviceData,
@@ -368,14 +411,15 @@ def run_device(
     from iotwatch.features import metric_key
 
     key = metric_key(d.device)
-    scaler = FeatureScaler(log1p=cfg.log1p).fit(d.train, d.columns)
+    hparams = model_hparams(cfg, len(d.columns))
+    settings = train_settings(cfg)
+    order, choice = choose_order(cfg, d, hparams, settings, seed)
+    scaler = FeatureScaler(log1p=cfg.log1p, order=order).fit(d.train, d.columns)
     xs = {
         "train": scaler.transform(d.train),
         "validation": scaler.transform(d.validation),
         "test": scaler.transform(d.test),
     }
-    hparams = model_hparams(cfg, len(d.columns))
-    settings = train_settings(cfg)
     msr.log_params(
         {
             "device_type": d.device,
@@ -383,6 +427,8 @@ def run_device(
             "max_epochs": cfg.max_epochs,
             "patience": cfg.patience,
             "log1p": cfg.log1p,
+            "order": order,
+            "order_setting": cfg.order,
             "target_fpr": cfg.target_fpr,
         }
     )  # hidden/lr/sparsity_* are logged by Lightning's MLFlowLogger (the module's hparams)
@@ -400,6 +446,9 @@ def run_device(
     val_s = reconstruction_errors(model, xs["validation"])
     test_s = reconstruction_errors(model, xs["test"])
     m = _both_rules(d, val_s, test_s, cfg.target_fpr, cfg.threshold_placement)
+    m["order"] = order
+    if choice:
+        m["order_choice"] = choice
     m["train_seconds"] = info["seconds"]
     m["epochs"] = info["epochs"]
     m["best_epoch"] = info["best_epoch"]

@@ -244,7 +244,9 @@ def tune_device(
         study.enqueue_trial(
             {k: getattr(acfg, k) for k in tune.search}, user_attrs={"defaults": True}
         )
-    scaler = FeatureScaler(log1p=acfg.log1p).fit(d.train, d.columns)
+    # anomaly.order best: tuned on the method's positional features (the stage then compares)
+    order = "positional" if acfg.order == "best" else acfg.order
+    scaler = FeatureScaler(log1p=acfg.log1p, order=order).fit(d.train, d.columns)
     xt, xv = scaler.transform(d.train), scaler.transform(d.validation)
     xv_legit = xv[~d.validation_attack]
     settings = train_settings(acfg, max_epochs=tune.max_epochs)

@@ -65,6 +65,8 @@ class Detector:
         share = np.divide(err, total, out=np.zeros_like(err), where=total > 0)
         order = np.argsort(-share, axis=1, kind="stable")[:, :top]
         cols = self.columns
+        if self.scaler.order == "sorted":  # column k of a group holds its k-th largest value
+            cols = [f"{c} (sorted)" for c in cols]
         return [[(cols[j], float(share[i, j])) for j in row] for i, row in enumerate(order)]
 
     @classmethod
