@@ -162,3 +162,23 @@ def test_tree_models_compile_to_the_same_probabilities(name: str) -> None:
     x_new = np.abs(rng.normal(300, 250, (300, 6)))
     ref = pipe.predict_proba(pd.DataFrame(x_new, columns=cols))
     assert np.array_equal(forest.predict_proba(x_new), ref)
+
+
+def test_a_sorted_detector_names_and_values_its_sorted_columns() -> None:
+    """With anomaly.order sorted, explain's names and the alert's values are the sorted ones."""
+    from iotwatch.anomaly.scaling import FeatureScaler
+    from iotwatch.monitor.autoencoder import Detector
+
+    cols = ["size_sent_1", "size_sent_2", "iat_sent_1"]
+    x = np.array([[40.0, 930.0, 0.5], [930.0, 40.0, 0.5], [60.0, 215.0, 0.1]])
+    rng = np.random.default_rng(0)
+    w = {"encoder.weight": rng.normal(size=(4, 3)), "encoder.bias": np.zeros(4),
+         "decoder.weight": rng.normal(size=(3, 4)), "decoder.bias": np.zeros(3)}  # fmt: skip
+    det = Detector.from_parts(
+        "plug", FeatureScaler(order="sorted").fit(x, cols), w, "linear", 1.0, 1.0
+    )
+    assert det.feature_names == [f"{c} (sorted)" for c in cols]
+    assert np.array_equal(det.model_view(x[:1]), [[930.0, 40.0, 0.5]])
+    assert det.score(x[:1]) == pytest.approx(det.score(x[1:2]))  # one flow, two ACK positions
+    names = {n for n, _ in det.explain(x[:1], top=3)[0]}
+    assert names == set(det.feature_names)

@@ -40,6 +40,25 @@ class Detector:
     def columns(self) -> list[str]:
         return list(self.scaler.columns)
 
+    @property
+    def feature_names(self) -> list[str]:
+        """The model's input columns as ``explain`` names them (sorted order: column k of a
+        group holds the group's k-th largest value, named "size_sent_k (sorted)")."""
+        if self.scaler.order == "sorted":
+            return [f"{c} (sorted)" for c in self.columns]
+        return self.columns
+
+    def model_view(self, x: np.ndarray) -> np.ndarray:
+        """The raw feature values in the model's column order (each group sorted when the
+        scaler sorts), the values ``explain``'s names refer to."""
+        from iotwatch.anomaly.scaling import column_groups
+
+        x = np.array(x, dtype=np.float64)
+        if self.scaler.order == "sorted":
+            for cols in column_groups(self.columns):
+                x[:, cols] = -np.sort(-x[:, cols], axis=1)
+        return x
+
     def squared_errors(self, x: np.ndarray) -> np.ndarray:
         """Per flow and feature: (reconstruction - scaled input)^2, float32."""
         z = self.scaler.transform(x).astype(np.float32)
@@ -64,9 +83,7 @@ class Detector:
         total = err.sum(axis=1, keepdims=True)
         share = np.divide(err, total, out=np.zeros_like(err), where=total > 0)
         order = np.argsort(-share, axis=1, kind="stable")[:, :top]
-        cols = self.columns
-        if self.scaler.order == "sorted":  # column k of a group holds its k-th largest value
-            cols = [f"{c} (sorted)" for c in cols]
+        cols = self.feature_names
         return [[(cols[j], float(share[i, j])) for j in row] for i, row in enumerate(order)]
 
     @classmethod

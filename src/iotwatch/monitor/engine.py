@@ -388,15 +388,17 @@ class Monitor:
         """Explain the alerts (top features of each type's reconstruction error) and send them."""
         if not out:
             return 0
-        col = {c: k for k, c in enumerate(self.columns)}
         for j in sorted({j for j, _, _ in out}):
             det = self.detectors[j]
             assert det is not None
+            col = {c: k for k, c in enumerate(det.feature_names)}
             mine = [(a, x) for jj, a, x in out if jj == j]
-            tops = det.explain(np.asarray([x for _, x in mine]), self.top)
-            for (a, x), top in zip(mine, tops, strict=True):
+            xs = np.asarray([x for _, x in mine])
+            tops = det.explain(xs, self.top)
+            shown = det.model_view(xs)  # the values the names refer to (sorted groups sorted)
+            for (a, _), top, v in zip(mine, tops, shown, strict=True):
                 a["top_features"] = [
-                    {"feature": name, "share": round(share, 4), "value": float(x[col[name]])}
+                    {"feature": name, "share": round(share, 4), "value": float(v[col[name]])}
                     for name, share in top
                 ]
         alerts = [a for _, a, _ in out]
