@@ -14,7 +14,9 @@ spread in training keeps its centre and a scale of 1 (so it cannot blow up unsee
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,13 +33,17 @@ ORDERS = ("positional", "sorted")
 def column_groups(columns: list[str]) -> list[list[int]]:
     """Column positions per feature group: names equal up to a trailing ``_<digits>``, in
     column order (a name without such a suffix is a group of its own)."""
-    import re
+    return [list(g) for g in _groups(tuple(columns))]
 
+
+@functools.lru_cache(maxsize=64)
+def _groups(columns: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+    """``column_groups``, once per column list (the monitor transforms every batch)."""
     groups: dict[str, list[int]] = {}
     for i, name in enumerate(columns):
         m = re.fullmatch(r"(.+)_\d+", name)
         groups.setdefault(m.group(1) if m else name, []).append(i)
-    return list(groups.values())
+    return tuple(tuple(g) for g in groups.values())
 
 
 @dataclass
@@ -57,15 +63,24 @@ class FeatureScaler:
         x = np.asarray(x, dtype="float64")
         if x.ndim != 2:
             raise ValueError(f"expected a 2-D array of flows x features, got shape {x.shape}")
-        if self.order == "sorted":
-            x = x.copy()
-            for cols in column_groups(columns if columns is not None else self.columns):
-                if len(cols) > 1:
-                    x[:, cols] = -np.sort(-x[:, cols], axis=1)
-        elif self.order != "positional":
-            raise ValueError(f"order must be one of {ORDERS}, not {self.order!r}")
+        x = self.ordered(x, columns)
         if self.log1p:
             x = np.log1p(np.clip(x, 0.0, None))
+        return x
+
+    def ordered(self, x: Any, columns: list[str] | None = None) -> np.ndarray:
+        """The raw values in the model's column order: ``x`` itself (positional) or a copy with
+        each feature group of ``columns`` (default: the fitted ones) sorted, largest first."""
+        import numpy as np
+
+        if self.order == "positional":
+            return np.asarray(x, dtype="float64")
+        if self.order != "sorted":
+            raise ValueError(f"order must be one of {ORDERS}, not {self.order!r}")
+        x = np.array(x, dtype="float64")
+        for cols in _groups(tuple(columns if columns is not None else self.columns)):
+            if len(cols) > 1:
+                x[:, cols] = -np.sort(-x[:, cols], axis=1)
         return x
 
     def fit(self, x: Any, columns: list[str] | None = None) -> FeatureScaler:

@@ -106,7 +106,9 @@ class AnomalyConfig:
             raise ValueError(f"sparsity_weight must be >= 0, got {self.sparsity_weight}")
         if not 0.0 <= self.target_fpr < 1.0:
             raise ValueError(f"target_fpr must be in [0, 1), got {self.target_fpr}")
-        if self.order not in ("positional", "sorted", "best"):
+        from iotwatch.anomaly.scaling import ORDERS
+
+        if self.order not in (*ORDERS, "best"):
             raise ValueError(f"order must be positional, sorted or best, got {self.order!r}")
         if self.min_train_flows < 2:
             raise ValueError(f"min_train_flows must be >= 2, got {self.min_train_flows}")
@@ -376,13 +378,13 @@ def choose_order(
     if cfg.order != "best":
         return cfg.order, {}
     found: dict[str, Any] = {}
+    both = d.validation_attack.any() and (~d.validation_attack).any()
     for order in ORDERS:
         sc = FeatureScaler(log1p=cfg.log1p, order=order).fit(d.train, d.columns)
         xv = sc.transform(d.validation)
         model, info = fit_autoencoder(sc.transform(d.train), xv[~d.validation_attack], hparams,
                                       settings, seed)  # fmt: skip
         scores = reconstruction_errors(model, xv)
-        both = d.validation_attack.any() and (~d.validation_attack).any()
         auc = float(roc_auc_score(d.validation_attack, scores)) if both else None
         found[order] = {"val_auc": auc, "val_loss": info["best_val_loss"],
                         "seconds": info["seconds"]}  # fmt: skip

@@ -51,13 +51,7 @@ class Detector:
     def model_view(self, x: np.ndarray) -> np.ndarray:
         """The raw feature values in the model's column order (each group sorted when the
         scaler sorts), the values ``explain``'s names refer to."""
-        from iotwatch.anomaly.scaling import column_groups
-
-        x = np.array(x, dtype=np.float64)
-        if self.scaler.order == "sorted":
-            for cols in column_groups(self.columns):
-                x[:, cols] = -np.sort(-x[:, cols], axis=1)
-        return x
+        return self.scaler.ordered(x)
 
     def squared_errors(self, x: np.ndarray) -> np.ndarray:
         """Per flow and feature: (reconstruction - scaled input)^2, float32."""
