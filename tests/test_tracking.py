@@ -40,6 +40,13 @@ def _runs(cfg: TrackingConfig) -> dict[str, str]:
     return {r.info.run_name: r.info.status for r in client.search_runs(exps)}
 
 
+def _sigint_default() -> None:
+    """In the child before exec: SIGINT as in a terminal. A test run started in the background
+    of a non-interactive shell (``make test &``) ignores SIGINT, its children inherit that and
+    Python then installs no KeyboardInterrupt handler: the SIGINT cases would test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_stage(tmp_path: Path) -> subprocess.Popen[str]:
     """A process inside a stage run and a child run, waiting to be stopped."""
     code = textwrap.dedent(
@@ -54,8 +61,9 @@ def _start_stage(tmp_path: Path) -> subprocess.Popen[str]:
         """
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_sigint_default,
+    )  # fmt: skip
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.strip() == "ready", proc.stderr.read() if proc.stderr else line
@@ -154,6 +162,7 @@ def test_stopping_iotwatch_ui_stops_its_server(tmp_path: Path, sig: signal.Signa
     proc = subprocess.Popen(
         [str(BIN / "iotwatch"), "ui", "--port", str(port), "--backend-store-uri", cfg.tracking_uri],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        preexec_fn=_sigint_default,
     )  # fmt: skip
     try:
         assert proc.stdout is not None
