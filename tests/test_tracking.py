@@ -182,3 +182,41 @@ def test_stopping_iotwatch_ui_stops_its_server(tmp_path: Path, sig: signal.Signa
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+class _RacingClient:
+    """An MLflow client whose tag insert loses a race once: the other worker's write lands
+    first and this one gets the store's unique-key error (as on PostgreSQL)."""
+
+    def __init__(self, other_value: str) -> None:
+        self.tags: dict[str, str] = {}
+        self.other_value = other_value
+        self.calls = 0
+
+    def set_experiment_tag(self, exp_id: str, key: str, value: str) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.tags[key] = self.other_value
+            raise RuntimeError('duplicate key value violates unique constraint "experiment_tag_pk"')
+        self.tags[key] = value
+
+    def get_experiment(self, exp_id: str):  # noqa: ANN201
+        from types import SimpleNamespace
+
+        return SimpleNamespace(tags=dict(self.tags))
+
+
+def test_a_tag_race_lost_to_a_worker_writing_the_same_value_is_no_error() -> None:
+    from iotwatch.tracking import _set_experiment_tag
+
+    client = _RacingClient(other_value="custom_model_development")
+    _set_experiment_tag(client, "1", "mlflow.experimentKind", "custom_model_development")
+    assert client.calls == 1
+
+
+def test_a_tag_race_lost_to_a_different_value_is_retried() -> None:
+    from iotwatch.tracking import _set_experiment_tag
+
+    client = _RacingClient(other_value="old")
+    _set_experiment_tag(client, "1", "note", "new")
+    assert client.calls == 2 and client.tags["note"] == "new"

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -231,8 +232,25 @@ def experiment_id(cfg: TrackingConfig, concern: str) -> str:
     }
     for key, value in wanted.items():
         if tags.get(key) != value:
-            client.set_experiment_tag(exp_id, key, value)
+            _set_experiment_tag(client, exp_id, key, value)
     return exp_id
+
+
+def _set_experiment_tag(client: Any, exp_id: str, key: str, value: str) -> None:
+    """Set a tag that parallel workers may be setting at the same moment: the store's
+    insert-or-update is not atomic (on PostgreSQL the loser of the race gets a unique-key
+    violation), so a failure is retried after re-reading, and is no failure at all when the
+    other worker already wrote the wanted value."""
+    for attempt in range(3):
+        try:
+            client.set_experiment_tag(exp_id, key, value)
+            return
+        except Exception:
+            if client.get_experiment(exp_id).tags.get(key) == value:
+                return
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 # --- who owns a run: host, pid and the pid's start time (pids are reused) -------------------
