@@ -84,12 +84,12 @@ def test_stage_end_to_end(tmp_path, capsys) -> None:
     assert m["bulb"]["threshold_rule"].startswith("fpr")  # no attacks aimed at the bulb
     assert m["bulb"]["auc"] is None
     assert "anomaly camera: trained in" in capsys.readouterr().out
-    # anomaly.order best: both feature orders trained, the higher VALIDATION AUC kept
+    # anomaly.order best: both feature orders trained, sorted kept only on validation evidence
     for dev in ("camera", "plug"):
         choice = m[dev]["order_choice"]
-        aucs = {o: choice[o]["val_auc"] for o in ("positional", "sorted")}
+        assert 0.0 <= choice["sorted_wins"] <= 1.0 and choice["confidence"] == 0.95
         assert m[dev]["order"] == (
-            "sorted" if aucs["sorted"] > aucs["positional"] else "positional"
+            "sorted" if choice["sorted_wins"] >= choice["confidence"] else "positional"
         )
         saved = json.loads((paths.anomaly_models / dev / "scaler.json").read_text())
         assert saved["order"] == m[dev]["order"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from iotwatch.anomaly.threshold import best_f1_threshold, evaluate, fpr_threshold
+from iotwatch.anomaly.threshold import auc_wins, best_f1_threshold, evaluate, fpr_threshold
 
 
 def below(v: float) -> float:
@@ -112,3 +112,26 @@ def test_midpoint_placement_keeps_validation_predictions_and_centres_the_gap() -
     assert best_f1_threshold([1.0, 1.0], [True, True], placement="midpoint") < 1.0
     with pytest.raises(ValueError, match="placement"):
         best_f1_threshold(s, y, placement="middle")
+
+
+def test_auc_wins_on_hand_made_scores() -> None:
+    y = np.array([0] * 50 + [1] * 50, dtype=bool)
+    rng = np.random.default_rng(3)
+    separates = np.where(y, 2.0, 1.0) + rng.uniform(0, 0.5, 100)  # AUC 1
+    noisy = np.where(y, 1.2, 1.0) + rng.uniform(0, 0.5, 100)  # AUC well below 1
+    assert auc_wins(y, separates, noisy, 200, seed=0) == 1.0
+    assert auc_wins(y, noisy, separates, 200, seed=0) == 0.0
+    # the same scores never win (strictly higher needed); seeded: the same share twice
+    assert auc_wins(y, noisy, noisy, 50) == 0.0
+    a = noisy + rng.normal(0, 0.01, 100)
+    assert auc_wins(y, a, noisy, 300, seed=7) == auc_wins(y, a, noisy, 300, seed=7)
+    # one flow of difference out of 100 is no evidence: far from 0.95 either way
+    b = noisy.copy()
+    b[np.argmin(np.where(y, noisy, np.inf))] += 1.0  # lift the lowest attack above every legit
+    assert 0.2 < auc_wins(y, b, noisy, 400, seed=1) < 0.95
+
+
+def test_auc_wins_needs_both_classes() -> None:
+    assert np.isnan(auc_wins(np.zeros(5, bool), np.arange(5.0), np.arange(5.0)))
+    with pytest.raises(ValueError):
+        auc_wins(np.array([0, 1], bool), [0.1, 0.2], [0.1, 0.2, 0.3])

@@ -80,8 +80,11 @@ class AnomalyConfig:
     # Features and data (which attack flows each device type gets: conf/features/).
     log1p: bool = True
     # positional (the method's features) | sorted (each size/gap group sorted, largest first:
-    # iotwatch.anomaly.scaling) | best: both trained, the higher validation AUC kept (ties: positional)
+    # iotwatch.anomaly.scaling) | best: both trained, sorted kept only when its validation AUC is
+    # the higher one in at least order_confidence of paired bootstrap resamples of validation
     order: Literal["positional", "sorted", "best"] = "best"
+    order_confidence: float = 0.95
+    order_resamples: int = 1000
     device: str | None = None  # one device type (the DVC stage's item); None = dataset.device_types
     tuned: bool = True  # use paths.anomaly_tuned/<type>.json (the tune stage's best parameters)
     min_train_flows: int = 50
@@ -110,6 +113,10 @@ class AnomalyConfig:
 
         if self.order not in (*ORDERS, "best"):
             raise ValueError(f"order must be positional, sorted or best, got {self.order!r}")
+        if not 0.0 <= self.order_confidence <= 1.0:
+            raise ValueError(f"order_confidence must be in [0, 1], got {self.order_confidence}")
+        if self.order_resamples < 1:
+            raise ValueError(f"order_resamples must be >= 1, got {self.order_resamples}")
         if self.min_train_flows < 2:
             raise ValueError(f"min_train_flows must be >= 2, got {self.min_train_flows}")
         unknown = sorted(set(self.baselines) - set(BASELINES))
@@ -366,32 +373,41 @@ def choose_order(
     settings: TrainSettings,
     seed: int,
 ) -> tuple[str, dict[str, Any]]:
-    """The feature order to train with: ``cfg.order``, or for ``best`` the one whose autoencoder
-    (same hyperparameters, seed and settings) has the higher VALIDATION AUC (ties: positional;
-    without validation attacks: the lower legitimate validation loss). Returns the order and, for
-    ``best``, what each candidate scored (test flows are never looked at)."""
+    """The feature order to train with: ``cfg.order``, or for ``best`` the one validation
+    supports: both autoencoders are trained (same hyperparameters, seed and settings) and sorted
+    replaces the method's positional features only when its VALIDATION AUC is the higher one in
+    at least ``cfg.order_confidence`` of paired bootstrap resamples of the validation flows (a
+    one-sided test at 1 - order_confidence: a margin of a few flows is noise, not evidence).
+    Without validation attacks: the lower legitimate validation loss. Returns the order and what
+    each candidate scored (test flows are never looked at)."""
     from sklearn.metrics import roc_auc_score
 
     from iotwatch.anomaly.model import fit_autoencoder, reconstruction_errors
     from iotwatch.anomaly.scaling import ORDERS, FeatureScaler
+    from iotwatch.anomaly.threshold import auc_wins
 
     if cfg.order != "best":
         return cfg.order, {}
     found: dict[str, Any] = {}
+    scores: dict[str, np.ndarray] = {}
     both = d.validation_attack.any() and (~d.validation_attack).any()
     for order in ORDERS:
         sc = FeatureScaler(log1p=cfg.log1p, order=order).fit(d.train, d.columns)
         xv = sc.transform(d.validation)
         model, info = fit_autoencoder(sc.transform(d.train), xv[~d.validation_attack], hparams,
                                       settings, seed)  # fmt: skip
-        scores = reconstruction_errors(model, xv)
-        auc = float(roc_auc_score(d.validation_attack, scores)) if both else None
+        scores[order] = reconstruction_errors(model, xv)
+        auc = float(roc_auc_score(d.validation_attack, scores[order])) if both else None
         found[order] = {"val_auc": auc, "val_loss": info["best_val_loss"],
                         "seconds": info["seconds"]}  # fmt: skip
-    pos, srt = found["positional"], found["sorted"]
-    if pos["val_auc"] is not None and srt["val_auc"] is not None:
-        best = "sorted" if srt["val_auc"] > pos["val_auc"] else "positional"
+    if both:
+        wins = auc_wins(d.validation_attack, scores["sorted"], scores["positional"],
+                        cfg.order_resamples, seed)  # fmt: skip
+        found["sorted_wins"] = wins
+        found["confidence"] = cfg.order_confidence
+        best = "sorted" if wins >= cfg.order_confidence else "positional"
     else:
+        pos, srt = found["positional"], found["sorted"]
         best = "sorted" if srt["val_loss"] < pos["val_loss"] else "positional"
     log.info("anomaly %s: feature order %s (validation %s)", d.device, best, found)
     return best, found

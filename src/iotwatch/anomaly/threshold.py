@@ -87,6 +87,35 @@ def fpr_threshold(legit_scores: Any, target_fpr: float) -> float:
     return float(s[max(k, 1) - 1])
 
 
+def auc_wins(
+    is_attack: Any, challenger: Any, incumbent: Any, resamples: int = 1000, seed: int = 0
+) -> float:
+    """Share of paired bootstrap resamples of the flows (the same flows for both score lists) in
+    which ``challenger`` has the strictly higher ROC AUC than ``incumbent``: 0.5 = no evidence
+    either way, 0.95 = a one-sided 5 % test says the challenger ranks attacks better. Resamples
+    that miss a class are drawn again; NaN when the flows do not hold both classes."""
+    from sklearn.metrics import roc_auc_score
+
+    a, y = _arrays(challenger, is_attack)
+    b, _ = _arrays(incumbent, is_attack)
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} challenger scores for {len(b)} incumbent scores")
+    if y.all() or not y.any():
+        return math.nan
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    rng = np.random.default_rng(seed)
+    wins = done = 0
+    while done < resamples:
+        w = np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y)).astype("float64")
+        on = w > 0
+        if y[on].all() or not y[on].any():
+            continue
+        done += 1
+        wins += roc_auc_score(y, a, sample_weight=w) > roc_auc_score(y, b, sample_weight=w)
+    return wins / resamples
+
+
 def _num(v: float) -> float | None:
     return float(v) if math.isfinite(v) else None
 
