@@ -96,14 +96,12 @@ def auc_wins(
     that miss a class are drawn again; NaN when the flows do not hold both classes."""
     from sklearn.metrics import roc_auc_score
 
-    a, y = _arrays(challenger, is_attack)
-    b, _ = _arrays(incumbent, is_attack)
-    if len(a) != len(b):
-        raise ValueError(f"{len(a)} challenger scores for {len(b)} incumbent scores")
-    if y.all() or not y.any():
-        return math.nan
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
+    a, y = _arrays(challenger, is_attack)
+    b, _ = _arrays(incumbent, is_attack)  # both checked against the labels: same length
+    if y.all() or not y.any():
+        return math.nan
     rng = np.random.default_rng(seed)
     wins = done = 0
     while done < resamples:
