@@ -103,6 +103,12 @@ def test_stage_end_to_end(tmp_path, capsys) -> None:
     cam_run = children["anomaly/camera"]
     history = client.get_metric_history(cam_run.info.run_id, "val_loss")
     assert len(history) == cam["epochs"]
+    # both candidates' curves under their order's name; the plain names are the chosen one's
+    for order in ("positional", "sorted"):
+        assert client.get_metric_history(cam_run.info.run_id, f"{order}-val_loss")
+    chosen = client.get_metric_history(cam_run.info.run_id, f"{cam['order']}-val_loss")
+    assert [(h.step, h.value) for h in history] == [(h.step, h.value) for h in chosen]
+    assert min(h.value for h in history) == pytest.approx(cam["best_val_loss"])
     assert cam_run.data.params["hidden"] == "8"
     logged = cam_run.data.metrics
     assert (
@@ -164,6 +170,8 @@ def test_dataclass_defaults_equal_default_yaml() -> None:
         ({"output": "relu"}, r"anomaly\.output"),
         ({"baselines": {"lof": {}}}, r"unknown \['lof'\]"),
         ({"order": "shuffled"}, r"anomaly\.order"),
+        ({"stop_share": 0.5}, r"stop_share must be in \[0, 0\.5\)"),
+        ({"threads": -1}, r"threads must be >= 0"),
         ({"hiddn": 3}, r"unknown key"),
     ],
 )
@@ -177,3 +185,27 @@ def test_score_arrays_are_float64(tmp_path) -> None:
 
     s = reconstruction_errors(SparseAutoencoder(3, hidden=2), np.zeros((2, 3)))
     assert s.dtype == np.float64 and s.shape == (2,)
+
+
+def test_training_sets_hold_out_train_flows_for_early_stopping() -> None:
+    from iotwatch.anomaly.stage import training_sets
+
+    train = np.arange(200, dtype=float).reshape(100, 2)
+    val = -np.arange(40, dtype=float).reshape(20, 2)
+    attack = np.arange(20) % 2 == 0
+    fit_x, stop_x = training_sets(tiny(stop_share=0.15), train, val, attack, seed=3)
+    assert len(stop_x) == 15 and len(fit_x) == 85
+    # a partition of the train flows, in their order, and nothing from validation
+    both = np.concatenate([fit_x, stop_x])
+    assert sorted(map(tuple, both)) == sorted(map(tuple, train))
+    assert (np.diff(fit_x[:, 0]) > 0).all() and (np.diff(stop_x[:, 0]) > 0).all()
+    again = training_sets(tiny(stop_share=0.15), train, val, attack, seed=3)
+    assert (again[1] == stop_x).all()  # seeded
+    other = training_sets(tiny(stop_share=0.15), train, val, attack, seed=4)
+    assert not (other[1] == stop_x).all()
+    # stop_share 0: the method's way, the legitimate validation flows
+    fit0, stop0 = training_sets(tiny(stop_share=0.0), train, val, attack, seed=3)
+    assert fit0 is train and (stop0 == val[~attack]).all()
+    # never leaves nothing to fit
+    fit2, stop2 = training_sets(tiny(stop_share=0.4), train[:2], val, attack, seed=3)
+    assert len(fit2) == 1 and len(stop2) == 1

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from iotwatch.anomaly.threshold import auc_wins, best_f1_threshold, evaluate, fpr_threshold
+from iotwatch.anomaly.threshold import (
+    auc_wins,
+    best_f1_threshold,
+    evaluate,
+    fpr_threshold,
+    weighted_auc,
+)
 
 
 def below(v: float) -> float:
@@ -135,3 +141,17 @@ def test_auc_wins_needs_both_classes() -> None:
     assert np.isnan(auc_wins(np.zeros(5, bool), np.arange(5.0), np.arange(5.0)))
     with pytest.raises(ValueError):
         auc_wins(np.array([0, 1], bool), [0.1, 0.2], [0.1, 0.2, 0.3])
+
+
+def test_weighted_auc_equals_scikit_learn_with_ties_and_weights() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(5)
+    y = rng.random(300) < 0.4
+    s = np.round(rng.normal(np.where(y, 1.0, 0.0), 1.0), 1)  # rounded: many ties across classes
+    w = rng.integers(0, 4, (20, 300)).astype(float)
+    got = weighted_auc(y, s, w)
+    want = [roc_auc_score(y, s, sample_weight=row) for row in w]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert weighted_auc(y, s, np.ones(300))[0] == pytest.approx(roc_auc_score(y, s))
+    assert weighted_auc([0, 1], [1.0, 1.0], [[1.0, 1.0]])[0] == 0.5  # a tie is half a pair

@@ -10,6 +10,7 @@ weights are kept in memory (no checkpoint files are written).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -23,6 +24,8 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import numpy as np
 
 log = logging.getLogger(__name__)
@@ -84,20 +87,40 @@ class SparseAutoencoder(pl.LightningModule):
         kl = kl_sparsity(self.sparsity_target, h.mean(dim=0))
         return mse + self.sparsity_weight * kl, mse, kl
 
+    # Epoch means are accumulated here and logged once per epoch: a self.log call per step
+    # cost more than the step itself (3.7 of 8.5 s for 30 epochs of 30 batches on 2 cores).
+    def on_train_epoch_start(self) -> None:
+        self._train_sums = torch.zeros(3)
+        self._train_n = 0
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         (x,) = batch
         loss, mse, kl = self.losses(x)
         n = len(x)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=n)
-        self.log("train_mse", mse, on_step=False, on_epoch=True, batch_size=n)
-        self.log("train_kl", kl, on_step=False, on_epoch=True, batch_size=n)
+        self._train_sums += torch.stack([loss, mse, kl]).detach().cpu() * n
+        self._train_n += n
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._train_n:
+            means = self._train_sums / self._train_n
+            for name, value in zip(("train_loss", "train_mse", "train_kl"), means, strict=True):
+                self.log(name, value, on_step=False, on_epoch=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum = torch.zeros(())
+        self._val_n = 0
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         (x,) = batch
         recon, _ = self(x)
         # Early stopping watches the reconstruction error of legitimate flows only.
-        self.log("val_loss", torch.mean((recon - x) ** 2), on_epoch=True, batch_size=len(x))
+        self._val_sum += torch.sum((recon - x) ** 2).detach().cpu() / x.shape[1]
+        self._val_n += len(x)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_n:
+            self.log("val_loss", self._val_sum / self._val_n, on_step=False, on_epoch=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr)
@@ -134,6 +157,15 @@ class TrainSettings:
     min_delta: float = 0.0
     accelerator: str = "auto"
     enable_progress_bar: bool = False
+    threads: int = 1  # torch's CPU threads while training (0 = torch's default)
+
+
+@contextlib.contextmanager
+def _restore_threads(threads: int) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _loader(x: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> Any:
@@ -156,13 +188,15 @@ def train_autoencoder(
     tracking_uri: str | None = None,
     run_id: str | None = None,
     callbacks: list[pl.Callback] | None = None,
+    log_prefix: str = "",
 ) -> dict[str, Any]:
     """Fit ``model`` on ``train_x`` (scaled legitimate flows), early-stopping on the MSE of
     ``val_x`` (scaled legitimate validation flows); restores the best epoch's weights and
     leaves the model on the CPU in eval mode. With ``tracking_uri`` and ``run_id`` the
     per-epoch losses go to that existing MLflow run; otherwise no logger. Nothing is written
     outside ``work_dir`` (a temporary folder when None). ``callbacks`` are added to the
-    trainer's (e.g. the tune stage's pruning callback). Returns epochs, best epoch/loss, seconds.
+    trainer's (e.g. the tune stage's pruning callback); ``log_prefix`` names the logged curves
+    ``<prefix>-train_loss`` etc. (two candidates logged to one run). Returns epochs, best epoch/loss, seconds.
     The model's initial weights are the caller's: seed before building it (``fit_autoencoder``).
     """
     from pytorch_lightning.callbacks import EarlyStopping
@@ -176,7 +210,7 @@ def train_autoencoder(
             raise ValueError("an MLflow run_id needs its tracking_uri")
         from pytorch_lightning.loggers import MLFlowLogger
 
-        logger = MLFlowLogger(tracking_uri=tracking_uri, run_id=run_id)
+        logger = MLFlowLogger(tracking_uri=tracking_uri, run_id=run_id, prefix=log_prefix)
     best = _BestWeights()
     stop = EarlyStopping(
         monitor="val_loss", mode="min", patience=settings.patience, min_delta=settings.min_delta
@@ -184,7 +218,14 @@ def train_autoencoder(
     for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="iotwatch-ae-") as tmp, warnings.catch_warnings():
+    threads = torch.get_num_threads()
+    if settings.threads > 0:
+        torch.set_num_threads(settings.threads)
+    with (
+        tempfile.TemporaryDirectory(prefix="iotwatch-ae-") as tmp,
+        warnings.catch_warnings(),
+        _restore_threads(threads),
+    ):
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*number of training batches.*")
         warnings.filterwarnings("ignore", message=r".*GPU available but not used.*")
@@ -205,7 +246,7 @@ def train_autoencoder(
         trainer.fit(
             model,
             train_dataloaders=_loader(train_x, settings.batch_size, True, seed),
-            val_dataloaders=_loader(val_x, settings.batch_size, False, seed),
+            val_dataloaders=_loader(val_x, max(settings.batch_size, 4096), False, seed),
         )
         epochs = int(trainer.current_epoch)
     seconds = time.perf_counter() - t0

@@ -87,6 +87,27 @@ def fpr_threshold(legit_scores: Any, target_fpr: float) -> float:
     return float(s[max(k, 1) - 1])
 
 
+def weighted_auc(is_attack: Any, scores: Any, weights: Any) -> np.ndarray:
+    """ROC AUC of ``scores`` under each row of ``weights`` (resamples x flows; a flow's weight is
+    how often a resample drew it): the weighted share of (attack, legitimate) pairs the scores
+    order right, ties counting one half (the Mann-Whitney form of the AUC, equal to
+    scikit-learn's ``roc_auc_score(..., sample_weight=row)``). One pass over the sorted scores
+    for every row at once: the bootstrap's 1,000 AUCs in milliseconds instead of 1,000 calls."""
+    s, y = _arrays(scores, is_attack)
+    w = np.atleast_2d(np.asarray(weights, dtype="float64"))
+    if w.shape[1] != len(s):
+        raise ValueError(f"{w.shape[1]} weights per row for {len(s)} scores")
+    _, group = np.unique(s, return_inverse=True)  # tied scores share a group
+    n_groups = int(group.max()) + 1
+    legit = np.zeros((len(w), n_groups))
+    np.add.at(legit.T, group[~y], w[:, ~y].T)  # legitimate weight per (resample, score group)
+    below = np.cumsum(legit, axis=1) - legit  # legitimate weight strictly below each group
+    right = (below + 0.5 * legit)[:, group[y]]  # per attack flow: pairs ordered right
+    pairs = w[:, y].sum(axis=1) * w[:, ~y].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (w[:, y] * right).sum(axis=1) / pairs
+
+
 def auc_wins(
     is_attack: Any, challenger: Any, incumbent: Any, resamples: int = 1000, seed: int = 0
 ) -> float:
@@ -94,8 +115,6 @@ def auc_wins(
     which ``challenger`` has the strictly higher ROC AUC than ``incumbent``: 0.5 = no evidence
     either way, 0.95 = a one-sided 5 % test says the challenger ranks attacks better. Resamples
     that miss a class are drawn again; NaN when the flows do not hold both classes."""
-    from sklearn.metrics import roc_auc_score
-
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
     a, y = _arrays(challenger, is_attack)
@@ -103,15 +122,16 @@ def auc_wins(
     if y.all() or not y.any():
         return math.nan
     rng = np.random.default_rng(seed)
-    wins = done = 0
-    while done < resamples:
+    rows = []
+    while len(rows) < resamples:
         w = np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y)).astype("float64")
         on = w > 0
         if y[on].all() or not y[on].any():
             continue
-        done += 1
-        wins += roc_auc_score(y, a, sample_weight=w) > roc_auc_score(y, b, sample_weight=w)
-    return wins / resamples
+        rows.append(w)
+    weights = np.stack(rows)
+    wins = weighted_auc(y, a, weights) > weighted_auc(y, b, weights)
+    return float(wins.sum()) / resamples
 
 
 def _num(v: float) -> float | None:

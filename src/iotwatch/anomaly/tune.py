@@ -38,6 +38,7 @@ from iotwatch.anomaly.stage import (
     load_device_data,
     model_hparams,
     train_settings,
+    training_sets,
 )
 from iotwatch.errors import ConfigError, InputError
 
@@ -248,7 +249,7 @@ def tune_device(
     order = "positional" if acfg.order == "best" else acfg.order
     scaler = FeatureScaler(log1p=acfg.log1p, order=order).fit(d.train, d.columns)
     xt, xv = scaler.transform(d.train), scaler.transform(d.validation)
-    xv_legit = xv[~d.validation_attack]
+    fit_x, stop_x = training_sets(acfg, xt, xv, d.validation_attack, ctx.seed)
     settings = train_settings(acfg, max_epochs=tune.max_epochs)
 
     def objective(trial: optuna.Trial) -> float:
@@ -265,7 +266,7 @@ def tune_device(
             try:
                 with tempfile.TemporaryDirectory(prefix="iotwatch-tune-") as work:
                     model, info = fit_autoencoder(
-                        xt, xv_legit, hparams, settings, ctx.seed, work_dir=work,
+                        fit_x, stop_x, hparams, settings, ctx.seed, work_dir=work,
                         tracking_uri=mlflow.get_tracking_uri() if tsr.run_id else None,
                         run_id=tsr.run_id, callbacks=[_pruning_callback(trial)],
                     )  # fmt: skip
