@@ -73,7 +73,7 @@ class AnomalyConfig:
     # Training.
     max_epochs: int = 200
     batch_size: int = 64
-    patience: int = 10
+    patience: int = 20
     min_delta: float = 0.0
     accelerator: str = "auto"
     enable_progress_bar: bool = False
