@@ -81,11 +81,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from iotwatch.anomaly.data import read_slice, skip_reason
-    from iotwatch.anomaly.model import fit_autoencoder, reconstruction_errors
-    from iotwatch.anomaly.scaling import FeatureScaler
+    from iotwatch.anomaly.model import reconstruction_errors
     from iotwatch.anomaly.stage import (
         AnomalyConfig,
         model_hparams,
+        train_candidate,
         train_settings,
         training_sets,
         tuned_params,
@@ -114,6 +114,7 @@ def main() -> None:
             print(f"{device}: skipped (too few flows or no validation attacks)")
             continue
         cfg, _ = tuned_params(acfg, Path(params.paths.anomaly_tuned) / f"{key}.json")
+        hparams = model_hparams(cfg, len(d.columns))
         mine = kind_all == device
         ux, attack = x_all[mine], attack_all[mine] != ""
         print(f"{device}: {int((~attack).sum())} benign and {int(attack.sum())} attack flows")
@@ -121,19 +122,16 @@ def main() -> None:
             scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             refs = {}
             for order in ORDERS:
-                sc = FeatureScaler(log1p=cfg.log1p, order=order).fit(d.train, d.columns)
-                xv = sc.transform(d.validation)
-                fit_x, stop_x = training_sets(
-                    cfg, sc.transform(d.train), xv, d.validation_attack, seed
-                )
-                model, _ = fit_autoencoder(
-                    fit_x, stop_x, model_hparams(cfg, len(d.columns)), train_settings(cfg), seed
-                )
+                t = train_candidate(cfg, d, order, hparams, train_settings(cfg), seed)
+                xv = t.scaler.transform(d.validation)
                 scores[order] = (
-                    reconstruction_errors(model, xv),
-                    reconstruction_errors(model, sc.transform(ux)),
+                    reconstruction_errors(t.model, xv),
+                    reconstruction_errors(t.model, t.scaler.transform(ux)),
                 )
-                refs[order] = float(np.median(reconstruction_errors(model, stop_x)))
+                _, stop_x = training_sets(
+                    cfg, t.scaler.transform(d.train), xv, d.validation_attack, seed
+                )
+                refs[order] = float(np.median(reconstruction_errors(t.model, stop_x)))
             scores["both"] = tuple(  # type: ignore[assignment]
                 np.sqrt(np.prod([scores[o][i] / refs[o] for o in ORDERS], axis=0)) for i in (0, 1)
             )

@@ -161,11 +161,15 @@ class TrainSettings:
 
 
 @contextlib.contextmanager
-def _restore_threads(threads: int) -> Iterator[None]:
+def _torch_threads(threads: int) -> Iterator[None]:
+    """torch's CPU threads set to ``threads`` (0: left as they are), restored afterwards."""
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _loader(x: np.ndarray, batch_size: int, shuffle: bool, seed: int) -> Any:
@@ -218,13 +222,10 @@ def train_autoencoder(
     for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
     t0 = time.perf_counter()
-    threads = torch.get_num_threads()
-    if settings.threads > 0:
-        torch.set_num_threads(settings.threads)
     with (
         tempfile.TemporaryDirectory(prefix="iotwatch-ae-") as tmp,
         warnings.catch_warnings(),
-        _restore_threads(threads),
+        _torch_threads(settings.threads),
     ):
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*number of training batches.*")

@@ -409,6 +409,33 @@ class Trained:
     info: dict[str, Any]
 
 
+def train_candidate(
+    cfg: AnomalyConfig,
+    d: DeviceData,
+    order: str,
+    hparams: dict[str, Any],
+    settings: TrainSettings,
+    seed: int,
+    log_prefix: str = "",
+    **log_to: Any,
+) -> Trained:
+    """Fit the scaler of ``order`` on the type's train flows and train the autoencoder on them
+    (early stopping on ``training_sets``' stop flows); ``log_to`` (tracking_uri, run_id) sends
+    the per-epoch curves to that MLflow run, named ``<log_prefix>-<curve>`` when a prefix is
+    given."""
+    from iotwatch.anomaly.model import fit_autoencoder
+    from iotwatch.anomaly.scaling import FeatureScaler
+
+    sc = FeatureScaler(log1p=cfg.log1p, order=order).fit(d.train, d.columns)
+    fit_x, stop_x = training_sets(
+        cfg, sc.transform(d.train), sc.transform(d.validation), d.validation_attack, seed
+    )
+    with tempfile.TemporaryDirectory(prefix="iotwatch-anomaly-") as work:
+        model, info = fit_autoencoder(fit_x, stop_x, hparams, settings, seed, work_dir=work,
+                                      log_prefix=log_prefix, **log_to)  # fmt: skip
+    return Trained(sc, model, info)
+
+
 def choose_order(
     cfg: AnomalyConfig,
     d: DeviceData,
@@ -416,41 +443,37 @@ def choose_order(
     settings: TrainSettings,
     seed: int,
     **log_to: Any,
-) -> tuple[str, dict[str, Any], Trained | None]:
-    """The feature order to train with: ``cfg.order``, or for ``best`` the one validation
+) -> tuple[str, dict[str, Any], Trained]:
+    """The feature order to train with, trained: ``cfg.order``, or for ``best`` the one validation
     supports: both autoencoders are trained (same hyperparameters, seed and settings) and sorted
     replaces the method's positional features only when its VALIDATION AUC is the higher one in
     at least ``cfg.order_confidence`` of paired bootstrap resamples of the validation flows (a
     one-sided test at 1 - order_confidence: a margin of a few flows is noise, not evidence).
     Without validation attacks: the lower legitimate validation loss. Returns the order, what
-    each candidate scored (test flows are never looked at) and, for ``best``, the chosen
-    candidate already trained (training is deterministic: training it again gives the same
-    weights). ``log_to`` (tracking_uri, run_id) sends each candidate's curves to that MLflow run
-    as ``<order>-train_loss`` etc."""
+    each candidate scored (test flows are never looked at; empty for a fixed order) and the
+    chosen candidate, trained once. ``log_to`` (tracking_uri, run_id) sends the curves to that
+    MLflow run: a fixed order's under the plain names, ``best``'s candidates' as
+    ``<order>-train_loss`` etc. (``copy_curves`` then copies the chosen one's)."""
     from sklearn.metrics import roc_auc_score
 
-    from iotwatch.anomaly.model import fit_autoencoder, reconstruction_errors
-    from iotwatch.anomaly.scaling import ORDERS, FeatureScaler
+    from iotwatch.anomaly.model import reconstruction_errors
+    from iotwatch.anomaly.scaling import ORDERS
     from iotwatch.anomaly.threshold import auc_wins
 
     if cfg.order != "best":
-        return cfg.order, {}, None
+        return cfg.order, {}, train_candidate(cfg, d, cfg.order, hparams, settings, seed, **log_to)
     found: dict[str, Any] = {}
     scores: dict[str, np.ndarray] = {}
     trained: dict[str, Trained] = {}
     both = d.validation_attack.any() and (~d.validation_attack).any()
     for order in ORDERS:
-        sc = FeatureScaler(log1p=cfg.log1p, order=order).fit(d.train, d.columns)
-        xv = sc.transform(d.validation)
-        fit_x, stop_x = training_sets(cfg, sc.transform(d.train), xv, d.validation_attack, seed)
-        with tempfile.TemporaryDirectory(prefix="iotwatch-anomaly-") as work:
-            model, info = fit_autoencoder(fit_x, stop_x, hparams, settings, seed, work_dir=work,
-                                          log_prefix=order, **log_to)  # fmt: skip
-        trained[order] = Trained(sc, model, info)
-        scores[order] = reconstruction_errors(model, xv)
+        t = trained[order] = train_candidate(
+            cfg, d, order, hparams, settings, seed, order, **log_to
+        )
+        scores[order] = reconstruction_errors(t.model, t.scaler.transform(d.validation))
         auc = float(roc_auc_score(d.validation_attack, scores[order])) if both else None
-        found[order] = {"val_auc": auc, "val_loss": info["best_val_loss"],
-                        "seconds": info["seconds"]}  # fmt: skip
+        found[order] = {"val_auc": auc, "val_loss": t.info["best_val_loss"],
+                        "seconds": t.info["seconds"]}  # fmt: skip
     if both:
         wins = auc_wins(d.validation_attack, scores["sorted"], scores["positional"],
                         cfg.order_resamples, seed)  # fmt: skip
@@ -492,8 +515,7 @@ def run_device(
     """Train, threshold, evaluate, save and plot one device type (inside its child run)."""
     import mlflow
 
-    from iotwatch.anomaly.model import fit_autoencoder, reconstruction_errors
-    from iotwatch.anomaly.scaling import FeatureScaler
+    from iotwatch.anomaly.model import reconstruction_errors
     from iotwatch.features import metric_key
 
     key = metric_key(d.device)
@@ -501,9 +523,9 @@ def run_device(
     settings = train_settings(cfg)
     log_to = {"tracking_uri": mlflow.get_tracking_uri(), "run_id": msr.run_id} if msr.run_id else {}
     order, choice, chosen = choose_order(cfg, d, hparams, settings, seed, **log_to)
-    scaler = chosen.scaler if chosen else FeatureScaler(log1p=cfg.log1p, order=order)
-    if not chosen:
-        scaler.fit(d.train, d.columns)
+    scaler, model, info = chosen.scaler, chosen.model, chosen.info
+    if choice and msr.run_id:
+        copy_curves(msr.run_id, order)
     xs = {
         "train": scaler.transform(d.train),
         "validation": scaler.transform(d.validation),
@@ -521,15 +543,6 @@ def run_device(
             "target_fpr": cfg.target_fpr,
         }
     )  # hidden/lr/sparsity_* are logged by Lightning's MLFlowLogger (the module's hparams)
-    if chosen is not None:
-        model, info = chosen.model, chosen.info
-        if msr.run_id:
-            copy_curves(msr.run_id, order)
-    else:
-        fit_x, stop_x = training_sets(cfg, xs["train"], xs["validation"], d.validation_attack, seed)
-        with tempfile.TemporaryDirectory(prefix="iotwatch-anomaly-") as work:
-            model, info = fit_autoencoder(fit_x, stop_x, hparams, settings, seed, work_dir=work,
-                                          **log_to)  # fmt: skip
     val_s = reconstruction_errors(model, xs["validation"])
     test_s = reconstruction_errors(model, xs["test"])
     m = _both_rules(d, val_s, test_s, cfg.target_fpr, cfg.threshold_placement)
