@@ -15,9 +15,10 @@ anomaly settings, the tune stage's parameters when present, the type's table fro
 stage; one run per ``--seeds`` value) on each feature order, its threshold chosen on the
 type's validation flows (the smallest best-F1 threshold and the midpoint placement), and then
 applied to the unseen home's flows of that type: benign flows by the inventory's device type,
-attack flows matched to the synthesizer's ground truth and aimed at that type. Also printed:
-"both", the geometric mean of the two orders' errors, each divided by the median error of
-its early-stopping flows (an ensemble the stage does not offer yet).
+attack flows matched to the synthesizer's ground truth and aimed at that type. "both" is
+the two orders together as the stage keeps them with ``anomaly.order: both`` (the default): the
+geometric mean of each one's error over the median error of its early-stopping flows
+(``iotwatch.anomaly.members``).
 """
 
 from __future__ import annotations
@@ -81,13 +82,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from iotwatch.anomaly.data import read_slice, skip_reason
+    from iotwatch.anomaly.members import combine, specs_for
     from iotwatch.anomaly.model import reconstruction_errors
     from iotwatch.anomaly.stage import (
         AnomalyConfig,
         model_hparams,
         train_candidate,
         train_settings,
-        training_sets,
         tuned_params,
     )
     from iotwatch.anomaly.threshold import best_f1_threshold
@@ -123,17 +124,14 @@ def main() -> None:
             refs = {}
             for order in ORDERS:
                 t = train_candidate(cfg, d, order, hparams, train_settings(cfg), seed)
-                xv = t.scaler.transform(d.validation)
                 scores[order] = (
-                    reconstruction_errors(t.model, xv),
+                    reconstruction_errors(t.model, t.scaler.transform(d.validation)),
                     reconstruction_errors(t.model, t.scaler.transform(ux)),
                 )
-                _, stop_x = training_sets(
-                    cfg, t.scaler.transform(d.train), xv, d.validation_attack, seed
-                )
-                refs[order] = float(np.median(reconstruction_errors(t.model, stop_x)))
+                refs[order] = t.ref
+            specs = specs_for(list(ORDERS), [refs[o] for o in ORDERS])
             scores["both"] = tuple(  # type: ignore[assignment]
-                np.sqrt(np.prod([scores[o][i] / refs[o] for o in ORDERS], axis=0)) for i in (0, 1)
+                combine([scores[o][i] for o in ORDERS], specs) for i in (0, 1)
             )
             for name, (val, unseen) in scores.items():
                 cells = []

@@ -112,6 +112,7 @@ def test_classify_runs_read_well_in_mlflow(run) -> None:
 def test_an_autoencoder_folder_is_registered_from_code_with_its_files(run, tmp_path) -> None:
     import mlflow
 
+    from iotwatch.anomaly.members import specs_for
     from iotwatch.anomaly.model import SparseAutoencoder
     from iotwatch.anomaly.scaling import FeatureScaler
     from iotwatch.anomaly.stage import THRESHOLD_FORMAT, load_device, save_device
@@ -119,12 +120,16 @@ def test_an_autoencoder_folder_is_registered_from_code_with_its_files(run, tmp_p
     rng = np.random.default_rng(0)
     cols = [f"size_sent_{i}" for i in range(6)]
     x = pd.DataFrame(rng.integers(40, 1500, (50, 6)).astype(float), columns=cols)
-    scaler = FeatureScaler(log1p=True).fit(x.to_numpy(), cols)
     hparams = {"n_features": 6, "hidden": 4, "lr": 0.01, "sparsity_target": 0.1,
                "sparsity_weight": 0.2, "output": "linear"}  # fmt: skip
     folder = tmp_path / "camera"
     thresholds = {"format": THRESHOLD_FORMAT, "threshold": 0.5, "fpr_threshold": 0.7}
-    save_device(folder, SparseAutoencoder(**hparams), scaler, hparams, thresholds)
+    # two members (anomaly.order both): the second one's files registered too
+    members = [(SparseAutoencoder(**hparams), FeatureScaler(order=o).fit(x.to_numpy(), cols))
+               for o in ("positional", "sorted")]  # fmt: skip
+    save_device(folder, members, specs_for(["positional", "sorted"], [0.3, 0.2]), hparams,
+                thresholds)  # fmt: skip
+    assert (folder / "sorted.weights.safetensors").is_file()
     with (
         stage_run("anomaly", run.tcfg, None, concern="behaviour") as sr,
         sr.child("anomaly/camera") as msr,

@@ -42,12 +42,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = "iotwatch-bundle/1"
+BUNDLE_FORMAT = "iotwatch-bundle/2"  # 2: a device's detector may have several members
+READABLE_FORMATS = ("iotwatch-bundle/1", BUNDLE_FORMAT)  # a /1 bundle is one member per type
 MANIFEST = "manifest.json"
 CLASSIFIER = "classifier.skops"
 FOREST = "classifier_forest.safetensors"
 WEIGHTS = "weights.safetensors"
-DEVICE_FILES = (WEIGHTS, "scaler.json", "threshold.json", "model.json")
 PACKAGES = ("numpy", "scikit-learn", "skops", "torch", "pyarrow", "numba")
 # The numpy autoencoder must give the anomaly stage's scores (float32 arithmetic either way).
 SCORE_RTOL = 1e-4
@@ -130,6 +130,7 @@ def _device_key(device: str) -> str:
 
 
 def _load_detector(folder: Path, device: str) -> Detector:
+    from iotwatch.anomaly.members import read_specs
     from iotwatch.anomaly.scaling import FeatureScaler
     from iotwatch.arrays import read_arrays
     from iotwatch.monitor.autoencoder import Detector
@@ -137,10 +138,11 @@ def _load_detector(folder: Path, device: str) -> Detector:
     try:
         meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
         thr = json.loads((folder / "threshold.json").read_text(encoding="utf-8"))
-        weights, _ = read_arrays(folder / WEIGHTS)
-        scaler = FeatureScaler.load(folder / "scaler.json")
-        return Detector.from_parts(device, scaler, weights, meta["hparams"]["output"],
-                                   thr["threshold"], thr["fpr_threshold"])  # fmt: skip
+        specs = read_specs(meta, str(folder / "model.json"))
+        parts = [(FeatureScaler.load(folder / s.file("scaler")), read_arrays(folder / s.file("weights"))[0])
+                 for s in specs]  # fmt: skip
+        return Detector.from_members(device, parts, specs, meta["hparams"]["output"],
+                                     thr["threshold"], thr["fpr_threshold"])  # fmt: skip
     except InputError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -161,7 +163,7 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
         raise InputError(f"{mpath}: missing: not a model bundle") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{mpath}: cannot read the manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") not in READABLE_FORMATS:
         got = manifest.get("format") if isinstance(manifest, dict) else None
         raise InputError(
             f"{mpath}: bundle format {got!r}, this iotwatch reads {BUNDLE_FORMAT!r} "
@@ -301,27 +303,36 @@ def _convert_device(src: Path, dst: Path) -> dict[str, Any]:
     """One anomaly model folder -> the bundle's (weights as safetensors); its threshold info."""
     import torch
 
+    from iotwatch.anomaly.members import read_specs
     from iotwatch.arrays import write_arrays
 
     try:
-        state = torch.load(src / "state_dict.pt", map_location="cpu", weights_only=True)
         meta = json.loads((src / "model.json").read_text(encoding="utf-8"))
         thr = json.loads((src / "threshold.json").read_text(encoding="utf-8"))
+        specs = read_specs(meta, str(src / "model.json"))
+        states = [torch.load(src / s.file("state_dict"), map_location="cpu", weights_only=True)
+                  for s in specs]  # fmt: skip
     except FileNotFoundError as exc:
         raise InputError(f"{src}: incomplete anomaly model ({exc.filename} missing)") from None
+    except InputError:
+        raise
     except Exception as exc:  # torch raises several types for a bad file
         raise InputError(f"{src}: cannot read the anomaly model ({exc})") from None
     dst.mkdir(parents=True, exist_ok=True)
-    if (src / WEIGHTS).is_file():  # the stage's own file: the bundle and the registry hold it
-        shutil.copyfile(src / WEIGHTS, dst / WEIGHTS)
-    else:  # a folder from before the stage wrote it
-        write_arrays({k: v.detach().cpu().numpy() for k, v in state.items()}, dst / WEIGHTS,
-                     {"format": "iotwatch-autoencoder/1"})  # fmt: skip
-    for name in ("scaler.json", "threshold.json", "model.json"):
+    for spec, state in zip(specs, states, strict=True):
+        weights = spec.file("weights")
+        if (src / weights).is_file():  # the stage's own file: the bundle and the registry hold it
+            shutil.copyfile(src / weights, dst / weights)
+        else:  # a folder from before the stage wrote it
+            write_arrays({k: v.detach().cpu().numpy() for k, v in state.items()}, dst / weights,
+                         {"format": "iotwatch-autoencoder/1"})  # fmt: skip
+        shutil.copyfile(src / spec.file("scaler"), dst / spec.file("scaler"))
+    for name in ("threshold.json", "model.json"):
         shutil.copyfile(src / name, dst / name)
     return {"threshold": float(thr["threshold"]), "fpr_threshold": float(thr["fpr_threshold"]),
             "rule": thr.get("rule"), "output": meta["hparams"]["output"],
-            "hidden": int(meta["hparams"]["hidden"])}  # fmt: skip
+            "hidden": int(meta["hparams"]["hidden"]),
+            "members": [s.order for s in specs]}  # fmt: skip
 
 
 def _check_scores(src: Path, det: Detector, x: np.ndarray) -> float:

@@ -52,6 +52,23 @@ def _run(tmp: Path, cfg: AnomalyConfig) -> dict:
 
 
 @pytest.mark.slow
+def test_order_best_keeps_sorted_only_on_validation_evidence(tmp_path) -> None:
+    write_tables(make_paths(tmp_path))
+    m = _run(tmp_path, tiny(order="best", baselines={}, plots=False))
+    paths = make_paths(tmp_path)
+    for dev in ("camera", "plug"):
+        choice = m[dev]["order_choice"]
+        assert 0.0 <= choice["sorted_wins"] <= 1.0 and choice["confidence"] == 0.95
+        assert m[dev]["order"] == (
+            "sorted" if choice["sorted_wins"] >= choice["confidence"] else "positional"
+        )
+        saved = json.loads((paths.anomaly_models / dev / "scaler.json").read_text())
+        assert saved["order"] == m[dev]["order"] and "members" not in m[dev]
+        assert not (paths.anomaly_models / dev / "sorted.scaler.json").exists()
+    assert m["bulb"]["order_choice"]["sorted"]["val_auc"] is None  # no attacks: by validation loss
+
+
+@pytest.mark.slow
 def test_stage_end_to_end(tmp_path, capsys) -> None:
     import mlflow
 
@@ -84,16 +101,18 @@ def test_stage_end_to_end(tmp_path, capsys) -> None:
     assert m["bulb"]["threshold_rule"].startswith("fpr")  # no attacks aimed at the bulb
     assert m["bulb"]["auc"] is None
     assert "anomaly camera: trained in" in capsys.readouterr().out
-    # anomaly.order best: both feature orders trained, sorted kept only on validation evidence
-    for dev in ("camera", "plug"):
-        choice = m[dev]["order_choice"]
-        assert 0.0 <= choice["sorted_wins"] <= 1.0 and choice["confidence"] == 0.95
-        assert m[dev]["order"] == (
-            "sorted" if choice["sorted_wins"] >= choice["confidence"] else "positional"
-        )
-        saved = json.loads((paths.anomaly_models / dev / "scaler.json").read_text())
-        assert saved["order"] == m[dev]["order"]
-    assert m["bulb"]["order_choice"]["sorted"]["val_auc"] is None  # no attacks: by validation loss
+    # anomaly.order both (tiny's and the default): one member per feature order, scores combined
+    for dev in ("camera", "plug", "bulb"):
+        assert m[dev]["order"] == "both" and set(m[dev]["members"]) == {"positional", "sorted"}
+        meta = json.loads((paths.anomaly_models / dev / "model.json").read_text())
+        assert [(x["order"], x["prefix"]) for x in meta["members"]] == [
+            ("positional", ""), ("sorted", "sorted.")]  # fmt: skip
+        for x in meta["members"]:
+            assert x["ref"] == m[dev]["members"][x["order"]]["ref"] > 0
+            saved = json.loads(
+                (paths.anomaly_models / dev / f"{x['prefix']}scaler.json").read_text()
+            )
+            assert saved["order"] == x["order"]
     # MLflow: one child run per device with per-epoch losses from Lightning's MLFlowLogger
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     client = mlflow.MlflowClient()
@@ -103,11 +122,11 @@ def test_stage_end_to_end(tmp_path, capsys) -> None:
     cam_run = children["anomaly/camera"]
     history = client.get_metric_history(cam_run.info.run_id, "val_loss")
     assert len(history) == cam["epochs"]
-    # both candidates' curves under their order's name; the plain names are the chosen one's
+    # both members' curves under their order's name; the plain names are the first one's
     for order in ("positional", "sorted"):
         assert client.get_metric_history(cam_run.info.run_id, f"{order}-val_loss")
-    chosen = client.get_metric_history(cam_run.info.run_id, f"{cam['order']}-val_loss")
-    assert [(h.step, h.value) for h in history] == [(h.step, h.value) for h in chosen]
+    first = client.get_metric_history(cam_run.info.run_id, "positional-val_loss")
+    assert [(h.step, h.value) for h in history] == [(h.step, h.value) for h in first]
     assert min(h.value for h in history) == pytest.approx(cam["best_val_loss"])
     assert cam_run.data.params["hidden"] == "8"
     logged = cam_run.data.metrics

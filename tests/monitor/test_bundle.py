@@ -39,6 +39,9 @@ def test_bundle_is_a_plain_folder_of_safe_formats(trained) -> None:
     assert m["flow_profile"]["idle_timeout"] == 600.0 and "local_networks" not in m["flow_profile"]
     assert m["packages"]["scikit-learn"] and m["training_data"]["sha256"]
     assert m["open_set"]["window"] == 20 and 0 < m["open_set"]["fit"] <= 1
+    for info in m["devices"].values():  # anomaly.order both (the default): two members each
+        assert info["members"] == ["positional", "sorted"]
+        assert f"{info['folder']}/sorted.weights.safetensors" in files
 
 
 def test_compiled_trees_and_numpy_autoencoders_equal_the_originals(trained) -> None:
@@ -182,3 +185,31 @@ def test_a_sorted_detector_names_and_values_its_sorted_columns() -> None:
     assert det.score(x[:1]) == pytest.approx(det.score(x[1:2]))  # one flow, two ACK positions
     names = {n for n, _ in det.explain(x[:1], top=3)[0]}
     assert names == set(det.feature_names)
+
+
+def test_a_two_member_detector_scores_explains_and_names_both_members() -> None:
+    """anomaly.order both: the numpy detector combines the members as the stage does, and an
+    alert's top features say which member's column they are."""
+    from iotwatch.anomaly.members import combine, specs_for
+    from iotwatch.anomaly.scaling import FeatureScaler
+    from iotwatch.monitor.autoencoder import Detector
+
+    cols = ["size_sent_1", "size_sent_2", "iat_sent_1"]
+    rng = np.random.default_rng(1)
+    x = np.abs(rng.normal(300, 200, (30, 3)))
+
+    def weights() -> dict[str, np.ndarray]:
+        return {"encoder.weight": rng.normal(size=(4, 3)), "encoder.bias": np.zeros(4),
+                "decoder.weight": rng.normal(size=(3, 4)), "decoder.bias": np.zeros(3)}  # fmt: skip
+
+    specs = specs_for(["positional", "sorted"], [0.4, 0.1])
+    parts = [(FeatureScaler(order=s.order).fit(x, cols), weights()) for s in specs]
+    det = Detector.from_members("plug", parts, specs, "linear", 1.0, 2.0)
+    single = [Detector.from_parts("plug", sc, w, "linear", 1.0, 2.0) for sc, w in parts]
+    assert np.array_equal(det.score(x), combine([d.score(x) for d in single], specs))
+    assert det.feature_names == cols + [f"{c} (sorted)" for c in cols]
+    assert det.model_view(x).shape == (30, 6)
+    top = det.explain(x[:5], top=6)
+    assert all(abs(sum(share for _, share in row) - 1.0) < 1e-6 for row in top)
+    with pytest.raises(ValueError, match="one spec per member"):
+        Detector.from_members("plug", parts[:1], specs, "linear", 1.0, 2.0)

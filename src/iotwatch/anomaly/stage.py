@@ -8,7 +8,9 @@ on validation (best F1, the headline; and the ``target_fpr`` quantile of legitim
 A flow is an attack when its score is > the threshold (see ``threshold``).
 
 Files per device D (metric_key(D) as folder name):
-``<paths.anomaly_models>/D/{state_dict.pt, scaler.json, threshold.json, model.json, metrics.json}``
+``<paths.anomaly_models>/D/{state_dict.pt, weights.safetensors, scaler.json, threshold.json,
+model.json, metrics.json}`` (with ``anomaly.order: both`` the second member's files too, named
+``sorted.state_dict.pt`` etc.: ``iotwatch.anomaly.members``)
 (+ ``roc.csv``, ``pr.csv``: the autoencoder's test curves) and
 ``<paths.anomaly_plots>/D/{roc.png, pr.png, errors.png}``. The data is ``<paths.anomaly_data>/D.parquet``
 (written by the features stage); tuned parameters come from ``<paths.anomaly_tuned>/D.json``.
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from iotwatch.anomaly.data import DeviceData
+    from iotwatch.anomaly.members import MemberSpec
     from iotwatch.anomaly.model import SparseAutoencoder, TrainSettings
     from iotwatch.anomaly.scaling import FeatureScaler
     from iotwatch.context import StageContext
@@ -86,8 +89,9 @@ class AnomalyConfig:
     log1p: bool = True
     # positional (the method's features) | sorted (each size/gap group sorted, largest first:
     # iotwatch.anomaly.scaling) | best: both trained, sorted kept only when its validation AUC is
-    # the higher one in at least order_confidence of paired bootstrap resamples of validation
-    order: Literal["positional", "sorted", "best"] = "best"
+    # the higher one in at least order_confidence of paired bootstrap resamples of validation |
+    # both: both trained and kept, score = geometric mean of their normalised errors (members)
+    order: Literal["positional", "sorted", "best", "both"] = "both"
     order_confidence: float = 0.95
     order_resamples: int = 1000
     device: str | None = None  # one device type (the DVC stage's item); None = dataset.device_types
@@ -120,8 +124,8 @@ class AnomalyConfig:
             raise ValueError(f"target_fpr must be in [0, 1), got {self.target_fpr}")
         from iotwatch.anomaly.scaling import ORDERS
 
-        if self.order not in (*ORDERS, "best"):
-            raise ValueError(f"order must be positional, sorted or best, got {self.order!r}")
+        if self.order not in (*ORDERS, "best", "both"):
+            raise ValueError(f"order must be positional, sorted, best or both, got {self.order!r}")
         if not 0.0 <= self.order_confidence <= 1.0:
             raise ValueError(f"order_confidence must be in [0, 1], got {self.order_confidence}")
         if self.order_resamples < 1:
@@ -257,41 +261,54 @@ def run_baselines(
 
 def save_device(
     folder: Path,
-    model: SparseAutoencoder,
-    scaler: FeatureScaler,
+    members: list[tuple[SparseAutoencoder, FeatureScaler]],
+    specs: list[MemberSpec],
     hparams: dict[str, Any],
     thresholds: dict[str, Any],
 ) -> None:
-    """``state_dict.pt`` (weights only, for torch), ``weights.safetensors`` (the same weights
-    for the monitor, which reads them with numpy: the very file the bundle and the MLflow model
-    version hold), ``scaler.json``, ``threshold.json``, ``model.json``."""
+    """Per member (``iotwatch.anomaly.members``: the first one's files have the plain names):
+    ``state_dict.pt`` (weights only, for torch), ``weights.safetensors`` (the same weights for the
+    monitor, which reads them with numpy: the very file the bundle and the MLflow model version
+    hold), ``scaler.json``; then ``threshold.json`` and ``model.json`` (hparams, columns,
+    members)."""
+    from iotwatch.anomaly.members import COMBINE
     from iotwatch.anomaly.model import save_weights
     from iotwatch.arrays import write_arrays
 
+    if len(members) != len(specs):
+        raise ValueError("one spec per member")
     folder.mkdir(parents=True, exist_ok=True)
-    save_weights(model, folder / "state_dict.pt")
-    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    write_arrays(state, folder / SAFETENSORS, {"format": "iotwatch-autoencoder/1"})
-    scaler.save(folder / "scaler.json")
+    for (model, scaler), spec in zip(members, specs, strict=True):
+        save_weights(model, folder / spec.file("state_dict"))
+        state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        write_arrays(state, folder / spec.file("weights"), {"format": "iotwatch-autoencoder/1"})
+        scaler.save(folder / spec.file("scaler"))
     (folder / "threshold.json").write_text(json.dumps(thresholds, indent=2) + "\n")
-    (folder / "model.json").write_text(
-        json.dumps({"hparams": hparams, "columns": scaler.columns}, indent=2) + "\n"
-    )
+    meta = {"hparams": hparams, "columns": members[0][1].columns,
+            "members": [s.to_dict() for s in specs], "combine": COMBINE}  # fmt: skip
+    (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 @dataclass
 class DeviceDetector:
     """A saved per-device detector: ``is_attack(x)`` on raw feature rows (score > threshold)."""
 
-    model: SparseAutoencoder
-    scaler: FeatureScaler
+    members: list[tuple[SparseAutoencoder, FeatureScaler]]
+    specs: list[MemberSpec]
     threshold: float
     fpr_threshold: float
 
+    @property
+    def scaler(self) -> FeatureScaler:
+        """The first member's scaler (its columns are the raw feature columns)."""
+        return self.members[0][1]
+
     def score(self, x: Any) -> np.ndarray:
+        from iotwatch.anomaly.members import combine
         from iotwatch.anomaly.model import reconstruction_errors
 
-        return reconstruction_errors(self.model, self.scaler.transform(x))
+        return combine([reconstruction_errors(m, sc.transform(x)) for m, sc in self.members],
+                       self.specs)  # fmt: skip
 
     def is_attack(self, x: Any, rule: Literal["f1", "fpr"] = "f1") -> np.ndarray:
         thr = self.threshold if rule == "f1" else self.fpr_threshold
@@ -300,6 +317,7 @@ class DeviceDetector:
 
 def load_device(folder: Path | str) -> DeviceDetector:
     """Load what ``save_device`` wrote (torch.load with weights_only=True; JSON otherwise)."""
+    from iotwatch.anomaly.members import read_specs
     from iotwatch.anomaly.model import load_weights
     from iotwatch.anomaly.scaling import FeatureScaler
 
@@ -311,9 +329,10 @@ def load_device(folder: Path | str) -> DeviceDetector:
         raise InputError(f"{folder}: not an anomaly model folder ({exc})") from None
     if thr.get("format") != THRESHOLD_FORMAT:
         raise InputError(f"{folder}/threshold.json: not format {THRESHOLD_FORMAT}")
-    model = load_weights(folder / "state_dict.pt", **meta["hparams"])
-    scaler = FeatureScaler.load(folder / "scaler.json")
-    return DeviceDetector(model, scaler, float(thr["threshold"]), float(thr["fpr_threshold"]))
+    specs = read_specs(meta, str(folder / "model.json"))
+    members = [(load_weights(folder / s.file("state_dict"), **meta["hparams"]),
+                FeatureScaler.load(folder / s.file("scaler"))) for s in specs]  # fmt: skip
+    return DeviceDetector(members, specs, float(thr["threshold"]), float(thr["fpr_threshold"]))
 
 
 CURVE_AXES = {"roc": ("fpr", "tpr"), "pr": ("recall", "precision")}
@@ -402,11 +421,17 @@ def plot_device(
 
 @dataclass
 class Trained:
-    """One trained candidate: its scaler (feature order), model and training info."""
+    """One trained candidate: its scaler (feature order), model, training info and ``ref``, the
+    median error of its early-stopping flows (``members.reference_error``)."""
 
     scaler: FeatureScaler
     model: SparseAutoencoder
     info: dict[str, Any]
+    ref: float = 1.0
+
+    @property
+    def order(self) -> str:
+        return self.scaler.order
 
 
 def train_candidate(
@@ -423,7 +448,8 @@ def train_candidate(
     (early stopping on ``training_sets``' stop flows); ``log_to`` (tracking_uri, run_id) sends
     the per-epoch curves to that MLflow run, named ``<log_prefix>-<curve>`` when a prefix is
     given."""
-    from iotwatch.anomaly.model import fit_autoencoder
+    from iotwatch.anomaly.members import reference_error
+    from iotwatch.anomaly.model import fit_autoencoder, reconstruction_errors
     from iotwatch.anomaly.scaling import FeatureScaler
 
     sc = FeatureScaler(log1p=cfg.log1p, order=order).fit(d.train, d.columns)
@@ -433,7 +459,7 @@ def train_candidate(
     with tempfile.TemporaryDirectory(prefix="iotwatch-anomaly-") as work:
         model, info = fit_autoencoder(fit_x, stop_x, hparams, settings, seed, work_dir=work,
                                       log_prefix=log_prefix, **log_to)  # fmt: skip
-    return Trained(sc, model, info)
+    return Trained(sc, model, info, reference_error(reconstruction_errors(model, stop_x)))
 
 
 def choose_order(
@@ -443,25 +469,30 @@ def choose_order(
     settings: TrainSettings,
     seed: int,
     **log_to: Any,
-) -> tuple[str, dict[str, Any], Trained]:
-    """The feature order to train with, trained: ``cfg.order``, or for ``best`` the one validation
-    supports: both autoencoders are trained (same hyperparameters, seed and settings) and sorted
-    replaces the method's positional features only when its VALIDATION AUC is the higher one in
-    at least ``cfg.order_confidence`` of paired bootstrap resamples of the validation flows (a
-    one-sided test at 1 - order_confidence: a margin of a few flows is noise, not evidence).
-    Without validation attacks: the lower legitimate validation loss. Returns the order, what
-    each candidate scored (test flows are never looked at; empty for a fixed order) and the
-    chosen candidate, trained once. ``log_to`` (tracking_uri, run_id) sends the curves to that
-    MLflow run: a fixed order's under the plain names, ``best``'s candidates' as
-    ``<order>-train_loss`` etc. (``copy_curves`` then copies the chosen one's)."""
+) -> tuple[str, dict[str, Any], list[Trained]]:
+    """The feature order(s) to train with, trained: ``cfg.order``; ``both``: both orders, kept
+    together (``iotwatch.anomaly.members``); ``best``: the one validation supports: both
+    autoencoders are trained (same hyperparameters, seed and settings) and sorted replaces the
+    method's positional features only when its VALIDATION AUC is the higher one in at least
+    ``cfg.order_confidence`` of paired bootstrap resamples of the validation flows (a one-sided
+    test at 1 - order_confidence: a margin of a few flows is noise, not evidence). Without
+    validation attacks: the lower legitimate validation loss. Returns the order, what each
+    candidate scored (test flows are never looked at; empty for a fixed order) and the members,
+    each trained once. ``log_to`` (tracking_uri, run_id) sends the curves to that MLflow run: a
+    fixed order's under the plain names, the candidates' of ``best`` and ``both`` as
+    ``<order>-train_loss`` etc. (``copy_curves`` then copies the chosen or first one's)."""
     from sklearn.metrics import roc_auc_score
 
     from iotwatch.anomaly.model import reconstruction_errors
     from iotwatch.anomaly.scaling import ORDERS
     from iotwatch.anomaly.threshold import auc_wins
 
-    if cfg.order != "best":
-        return cfg.order, {}, train_candidate(cfg, d, cfg.order, hparams, settings, seed, **log_to)
+    if cfg.order in ORDERS:
+        return (
+            cfg.order,
+            {},
+            [train_candidate(cfg, d, cfg.order, hparams, settings, seed, **log_to)],
+        )
     found: dict[str, Any] = {}
     scores: dict[str, np.ndarray] = {}
     trained: dict[str, Trained] = {}
@@ -473,7 +504,9 @@ def choose_order(
         scores[order] = reconstruction_errors(t.model, t.scaler.transform(d.validation))
         auc = float(roc_auc_score(d.validation_attack, scores[order])) if both else None
         found[order] = {"val_auc": auc, "val_loss": t.info["best_val_loss"],
-                        "seconds": t.info["seconds"]}  # fmt: skip
+                        "seconds": t.info["seconds"], "ref": t.ref}  # fmt: skip
+    if cfg.order == "both":
+        return "both", found, [trained[o] for o in ORDERS]
     if both:
         wins = auc_wins(d.validation_attack, scores["sorted"], scores["positional"],
                         cfg.order_resamples, seed)  # fmt: skip
@@ -484,7 +517,8 @@ def choose_order(
         pos, srt = found["positional"], found["sorted"]
         best = "sorted" if srt["val_loss"] < pos["val_loss"] else "positional"
     log.info("anomaly %s: feature order %s (validation %s)", d.device, best, found)
-    return best, found, trained[best]
+    chosen = trained[best]
+    return best, found, [Trained(chosen.scaler, chosen.model, chosen.info)]  # one member: ref 1
 
 
 CURVES = ("train_loss", "train_mse", "train_kl", "val_loss")  # per-epoch curves of a training
@@ -515,6 +549,7 @@ def run_device(
     """Train, threshold, evaluate, save and plot one device type (inside its child run)."""
     import mlflow
 
+    from iotwatch.anomaly.members import COMBINE, combine, member_files, specs_for
     from iotwatch.anomaly.model import reconstruction_errors
     from iotwatch.features import metric_key
 
@@ -522,10 +557,17 @@ def run_device(
     hparams = model_hparams(cfg, len(d.columns))
     settings = train_settings(cfg)
     log_to = {"tracking_uri": mlflow.get_tracking_uri(), "run_id": msr.run_id} if msr.run_id else {}
-    order, choice, chosen = choose_order(cfg, d, hparams, settings, seed, **log_to)
-    scaler, model, info = chosen.scaler, chosen.model, chosen.info
+    order, choice, members = choose_order(cfg, d, hparams, settings, seed, **log_to)
+    specs = specs_for([t.order for t in members], [t.ref for t in members])
+    scaler, info = members[0].scaler, dict(members[0].info)  # the baselines see its scaling
+    info["seconds"] = sum(t.info["seconds"] for t in members)
     if choice and msr.run_id:
-        copy_curves(msr.run_id, order)
+        copy_curves(msr.run_id, members[0].order)
+
+    def score(x: np.ndarray) -> np.ndarray:
+        return combine([reconstruction_errors(t.model, t.scaler.transform(x)) for t in members],
+                       specs)  # fmt: skip
+
     xs = {
         "train": scaler.transform(d.train),
         "validation": scaler.transform(d.validation),
@@ -543,8 +585,7 @@ def run_device(
             "target_fpr": cfg.target_fpr,
         }
     )  # hidden/lr/sparsity_* are logged by Lightning's MLFlowLogger (the module's hparams)
-    val_s = reconstruction_errors(model, xs["validation"])
-    test_s = reconstruction_errors(model, xs["test"])
+    val_s, test_s = score(d.validation), score(d.test)
     m = _both_rules(d, val_s, test_s, cfg.target_fpr, cfg.threshold_placement)
     m["order"] = order
     if choice:
@@ -554,6 +595,12 @@ def run_device(
     m["best_epoch"] = info["best_epoch"]
     m["best_val_loss"] = info["best_val_loss"]
     m["flows"] = d.counts()
+    if len(members) > 1:  # epochs etc. above are the first member's; each one's here
+        m["members"] = {
+            t.order: {"ref": t.ref, "train_seconds": t.info["seconds"], "epochs": t.info["epochs"],
+                      "best_epoch": t.info["best_epoch"], "best_val_loss": t.info["best_val_loss"]}
+            for t in members
+        }  # fmt: skip
 
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.4f}"
@@ -568,14 +615,16 @@ def run_device(
     folder = models_dir / key
     save_device(
         folder,
-        model,
-        scaler,
+        [(t.model, t.scaler) for t in members],
+        specs,
         hparams,
         {
             "format": THRESHOLD_FORMAT,
             "device_type": d.device,
             "attack_if": "score > threshold",
-            "score": "mean squared reconstruction error of the scaled features",
+            "score": "mean squared reconstruction error of the scaled features"
+            if len(members) == 1
+            else COMBINE,
             "threshold": m["threshold"],
             "rule": m["threshold_rule"],
             "fpr_threshold": m["fpr_rule"]["threshold"],
@@ -601,7 +650,7 @@ def run_device(
         for png in pngs:
             msr.log_artifact(png)  # top level: the compare view lines them up across types
     msr.log_metrics(mlflow_metrics(m))
-    for name in ("scaler.json", "threshold.json", "model.json"):
+    for name in (*member_files(specs, ["scaler"]), "threshold.json", "model.json"):
         msr.log_artifact(folder / name, "model")
     return m
 

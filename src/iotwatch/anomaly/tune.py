@@ -245,8 +245,9 @@ def tune_device(
         study.enqueue_trial(
             {k: getattr(acfg, k) for k in tune.search}, user_attrs={"defaults": True}
         )
-    # anomaly.order best: tuned on the method's positional features (the stage then compares)
-    order = "positional" if acfg.order == "best" else acfg.order
+    # anomaly.order best or both: tuned on the method's positional features (both members then
+    # share the parameters; best compares the two orders)
+    order = "positional" if acfg.order in ("best", "both") else acfg.order
     scaler = FeatureScaler(log1p=acfg.log1p, order=order).fit(d.train, d.columns)
     xt, xv = scaler.transform(d.train), scaler.transform(d.validation)
     fit_x, stop_x = training_sets(acfg, xt, xv, d.validation_attack, ctx.seed)
