@@ -173,16 +173,18 @@ def anomaly_section(anomaly: dict[str, Any], paths: PathsConfig) -> list[str]:
         "Trained on each device type's legitimate train flows; thresholds chosen on "
         "**validation** (legitimate + malicious); every figure below is on **test**. "
         "*best-F1*: the smallest threshold with the best validation F1; *FPR rule*: the "
-        "target-FPR quantile of legitimate validation errors.",
+        "target-FPR quantile of legitimate validation errors. *features*: the autoencoder's "
+        "feature order (*both*: one autoencoder per order, errors combined; `anomaly.order`).",
         "",
-        "| device type | F1 | recall | FPR | AUC | TPR at 1 % FPR | recall (FPR rule) | "
+        "| device type | features | F1 | recall | FPR | AUC | TPR at 1 % FPR | recall (FPR rule) | "
         "FPR (FPR rule) | train (s) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for dev, m in devices.items():
         fr = m.get("fpr_rule") or {}
         lines.append(
-            f"| {dev} | {_fmt(m.get('f1'))} | {_fmt(m.get('recall'))} | {_fmt(m.get('fpr'))} | "
+            f"| {dev} | {m.get('order', 'n/a')} | {_fmt(m.get('f1'))} | {_fmt(m.get('recall'))} | "
+            f"{_fmt(m.get('fpr'))} | "
             f"{_fmt(m.get('auc'))} | {_fmt(m.get('tpr_at_1pct_fpr'))} | "
             f"{_fmt(fr.get('recall'))} | {_fmt(fr.get('fpr'))} | "
             f"{_fmt(m.get('train_seconds'), 1)} |"

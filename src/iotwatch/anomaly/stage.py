@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 SKIPPED = "skipped"  # key of anomaly.json listing the devices that were not modelled
 THRESHOLD_FORMAT = "iotwatch-anomaly-threshold/1"
-SAFETENSORS = "weights.safetensors"
 
 
 @dataclass
@@ -605,9 +604,13 @@ def run_device(
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.4f}"
 
+    def trained(t: Trained) -> str:
+        what = f"{t.info['epochs']} epochs, best {t.info['best_epoch']}"
+        return what if len(members) == 1 else f"{t.order} {what}, {t.info['seconds']:.1f} s"
+
+    runs = "; ".join(trained(t) for t in members)
     print(
-        f"anomaly {d.device}: trained in {info['seconds']:.2f} s "
-        f"({info['epochs']} epochs, best {info['best_epoch']}); "
+        f"anomaly {d.device}: trained in {info['seconds']:.2f} s ({runs}); "
         f"test F1 {fmt(m['f1'])}, AUC {fmt(m['auc'])}",
         flush=True,
     )
