@@ -3,7 +3,7 @@ autoencoder on thousands of flows, for each feature order and threshold placemen
 figures; asserts nothing.
 
     .venv/bin/python bench/bench_anomaly.py [--params params.yaml] [--home DIR]
-        [--seed 4242] [--days 13] [--work bench/out/monitor] [--seeds 42,1]
+        [--seed 4242] [--days 13] [--work bench/out/monitor] [--seeds 42,1,7]
 
 Why: the default home's test split holds 200-300 legitimate flows per type, so one false alarm
 moves the FPR by 0.3-0.5 % and runs of equivalent settings differ by several flows. A home
@@ -15,7 +15,9 @@ anomaly settings, the tune stage's parameters when present, the type's table fro
 stage; one run per ``--seeds`` value) on each feature order, its threshold chosen on the
 type's validation flows (the smallest best-F1 threshold and the midpoint placement), and then
 applied to the unseen home's flows of that type: benign flows by the inventory's device type,
-attack flows matched to the synthesizer's ground truth and aimed at that type. "both" is
+attack flows matched to the synthesizer's ground truth and aimed at that type (the type's test
+split of the default home is printed beside it: the same thresholds on the stage's test flows).
+"both" is
 the two orders together as the stage keeps them with ``anomaly.order: both`` (the default): the
 geometric mean of each one's error over the median error of its early-stopping flows
 (``iotwatch.anomaly.members``).
@@ -102,7 +104,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s] or [params.seed]
     home = args.home or _generate(args.work, args.seed, args.days)
     x_all, kind_all, attack_all = unseen_flows(home, n_packets)
-    totals: dict[tuple[str, str], list[int]] = {}
+    totals: dict[tuple[str, str, str], list[int]] = {}
     print(f"unseen home {home}: {len(x_all)} TCP flows", flush=True)
     for device in params.dataset.device_types:
         key = metric_key(device)
@@ -120,41 +122,44 @@ def main() -> None:
         ux, attack = x_all[mine], attack_all[mine] != ""
         print(f"{device}: {int((~attack).sum())} benign and {int(attack.sum())} attack flows")
         for seed in seeds:
-            scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            scores: dict[str, tuple[np.ndarray, ...]] = {}  # validation, test, unseen
             refs = {}
             for order in ORDERS:
                 t = train_candidate(cfg, d, order, hparams, train_settings(cfg), seed)
-                scores[order] = (
-                    reconstruction_errors(t.model, t.scaler.transform(d.validation)),
-                    reconstruction_errors(t.model, t.scaler.transform(ux)),
+                scores[order] = tuple(
+                    reconstruction_errors(t.model, t.scaler.transform(x))
+                    for x in (d.validation, d.test, ux)
                 )
                 refs[order] = t.ref
             specs = specs_for(list(ORDERS), [refs[o] for o in ORDERS])
-            scores["both"] = tuple(  # type: ignore[assignment]
-                combine([scores[o][i] for o in ORDERS], specs) for i in (0, 1)
-            )
-            for name, (val, unseen) in scores.items():
+            scores["both"] = tuple(combine([scores[o][i] for o in ORDERS], specs) for i in range(3))
+            for name, (val, test, unseen) in scores.items():
                 cells = []
                 for placement in PLACEMENTS:
                     thr = best_f1_threshold(val, d.validation_attack, placement)
-                    fp = int((unseen[~attack] > thr).sum())
-                    fn = int((unseen[attack] <= thr).sum())
-                    tot = totals.setdefault((name, placement), [0, 0, 0, 0])
-                    tot[0] += fp
-                    tot[1] += int((~attack).sum())
-                    tot[2] += fn
-                    tot[3] += int(attack.sum())
+                    counts = {}
+                    for split, s, y in (("test", test, d.test_attack), ("unseen", unseen, attack)):
+                        fp, fn = int((s[~y] > thr).sum()), int((s[y] <= thr).sum())
+                        counts[split] = (fp, int((~y).sum()), fn, int(y.sum()))
+                        tot = totals.setdefault((split, name, placement), [0, 0, 0, 0])
+                        for k, v in enumerate(counts[split]):
+                            tot[k] += v
+                    fp, n_legit, fn, _ = counts["unseen"]
                     cells.append(
-                        f"{placement}: FPR {fp / max((~attack).sum(), 1):.4f} ({fp}), recall "
-                        f"{1 - fn / max(attack.sum(), 1):.4f} ({fn} missed)"
+                        f"{placement}: FPR {fp / max(n_legit, 1):.4f} ({fp}), {fn} missed "
+                        f"(test split: {counts['test'][0]} false alarms, {counts['test'][2]} missed)"
                     )
                 print(f"  seed {seed} {name:10s} {' | '.join(cells)}", flush=True)
-    print("all types, all seeds:")
-    for (name, placement), (fp, n_legit, fn, n_attack) in totals.items():
-        print(
-            f"  {name:10s} {placement:8s} FPR {fp / max(n_legit, 1):.4f} ({fp}/{n_legit}), "
-            f"recall {1 - fn / max(n_attack, 1):.4f} ({fn} missed of {n_attack})"
-        )
+    for split in ("test", "unseen"):
+        what = "the default home's test split" if split == "test" else "the unseen home"
+        print(f"all types, all seeds, {what}:")
+        for (s, name, placement), (fp, n_legit, fn, n_attack) in totals.items():
+            if s == split:
+                print(
+                    f"  {name:10s} {placement:8s} FPR {fp / max(n_legit, 1):.4f} "
+                    f"({fp}/{n_legit}), recall {1 - fn / max(n_attack, 1):.4f} "
+                    f"({fn} missed of {n_attack})"
+                )
 
 
 if __name__ == "__main__":
