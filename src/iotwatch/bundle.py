@@ -47,7 +47,6 @@ READABLE_FORMATS = ("iotwatch-bundle/1", BUNDLE_FORMAT)  # a /1 bundle is one me
 MANIFEST = "manifest.json"
 CLASSIFIER = "classifier.skops"
 FOREST = "classifier_forest.safetensors"
-WEIGHTS = "weights.safetensors"
 PACKAGES = ("numpy", "scikit-learn", "skops", "torch", "pyarrow", "numba")
 # The numpy autoencoder must give the anomaly stage's scores (float32 arithmetic either way).
 SCORE_RTOL = 1e-4
@@ -129,8 +128,10 @@ def _device_key(device: str) -> str:
     return metric_key(device)
 
 
-def _load_detector(folder: Path, device: str) -> Detector:
-    from iotwatch.anomaly.members import read_specs
+def _load_detector(folder: Path, device: str, listed: set[str] | None = None) -> Detector:
+    """A bundle's device folder as a numpy detector; ``listed``: the folder's files the
+    manifest lists (and ``read_manifest`` checked), which every file it reads must be."""
+    from iotwatch.anomaly.members import folder_specs, member_files
     from iotwatch.anomaly.scaling import FeatureScaler
     from iotwatch.arrays import read_arrays
     from iotwatch.monitor.autoencoder import Detector
@@ -138,7 +139,13 @@ def _load_detector(folder: Path, device: str) -> Detector:
     try:
         meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
         thr = json.loads((folder / "threshold.json").read_text(encoding="utf-8"))
-        specs = read_specs(meta, str(folder / "model.json"))
+        specs = folder_specs(folder, meta)
+        if listed is not None:
+            unlisted = [n for n in ("model.json", "threshold.json",
+                                    *member_files(specs, ["scaler", "weights"]))
+                        if n not in listed]  # fmt: skip
+            if unlisted:
+                raise InputError(f"{folder}: {unlisted[0]} is not in the bundle's manifest")
         parts = [(FeatureScaler.load(folder / s.file("scaler")), read_arrays(folder / s.file("weights"))[0])
                  for s in specs]  # fmt: skip
         return Detector.from_members(device, parts, specs, meta["hparams"]["output"],
@@ -166,7 +173,7 @@ def read_manifest(path: Path | str) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") not in READABLE_FORMATS:
         got = manifest.get("format") if isinstance(manifest, dict) else None
         raise InputError(
-            f"{mpath}: bundle format {got!r}, this iotwatch reads {BUNDLE_FORMAT!r} "
+            f"{mpath}: bundle format {got!r}, this iotwatch reads {' and '.join(READABLE_FORMATS)} "
             f"(export the bundle again with this version)"
         )
     try:
@@ -230,8 +237,11 @@ def load_bundle(path: Path | str, *, use_forest: bool = True) -> Bundle:
     if [str(c) for c in classifier.classes] != [str(c) for c in cls_info["classes"]]:
         raise InputError(f"{mpath}: the classifier's classes differ from the manifest's")
     detectors = {}
+    files = set(manifest["files"])
     for device, info in sorted(manifest["devices"].items()):
-        det = _load_detector(path / info["folder"], device)
+        prefix = f"{info['folder']}/"
+        listed = {f[len(prefix) :] for f in files if f.startswith(prefix)}
+        det = _load_detector(path / info["folder"], device, listed)
         if det.columns != cols:
             raise InputError(
                 f"{path / info['folder']}: its feature columns differ from the bundle's"
@@ -303,13 +313,14 @@ def _convert_device(src: Path, dst: Path) -> dict[str, Any]:
     """One anomaly model folder -> the bundle's (weights as safetensors); its threshold info."""
     import torch
 
-    from iotwatch.anomaly.members import read_specs
+    from iotwatch.anomaly.members import folder_specs
+    from iotwatch.anomaly.scaling import FeatureScaler
     from iotwatch.arrays import write_arrays
 
     try:
         meta = json.loads((src / "model.json").read_text(encoding="utf-8"))
         thr = json.loads((src / "threshold.json").read_text(encoding="utf-8"))
-        specs = read_specs(meta, str(src / "model.json"))
+        specs = folder_specs(src, meta)
         states = [torch.load(src / s.file("state_dict"), map_location="cpu", weights_only=True)
                   for s in specs]  # fmt: skip
     except FileNotFoundError as exc:
@@ -332,7 +343,8 @@ def _convert_device(src: Path, dst: Path) -> dict[str, Any]:
     return {"threshold": float(thr["threshold"]), "fpr_threshold": float(thr["fpr_threshold"]),
             "rule": thr.get("rule"), "output": meta["hparams"]["output"],
             "hidden": int(meta["hparams"]["hidden"]),
-            "members": [s.order for s in specs]}  # fmt: skip
+            "members": [FeatureScaler.load(dst / s.file("scaler")).order
+                        for s in specs]}  # fmt: skip
 
 
 def _check_scores(src: Path, det: Detector, x: np.ndarray) -> float:

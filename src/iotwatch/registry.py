@@ -1,8 +1,9 @@
 """MLflow models and the model registry: the files the stages saved, logged as MLflow models.
 
 The classify stage saves ``models/classifier.skops`` and the anomaly stage one folder per device
-(``state_dict.pt`` weights only, ``scaler.json``, ``threshold.json``, ``model.json``); the monitor
-bundle holds those same files. Here they become MLflow models, registered by name, without
+(``state_dict.pt`` weights only, ``weights.safetensors``, ``scaler.json``, ``threshold.json``,
+``model.json``, and with ``anomaly.order: both`` the second member's ``sorted.*``); the monitor
+bundle holds those same files (but the torch ``state_dict.pt``). Here they become MLflow models, registered by name, without
 pickle anywhere:
 
 * ``iotwatch-classifier``: the sklearn flavour with skops serialization, loaded back from the
@@ -46,9 +47,11 @@ DESCRIPTIONS = {
     CLASSIFIER_MODEL: "Device-type classifier chosen on validation accuracy by the classify "
     "stage (sklearn Pipeline, skops). extra_files/classifier.skops is the stage's file, the one "
     "in the monitor bundle: load it with iotwatch.classify.load_classifier.",
-    ANOMALY_PREFIX: "Sparse autoencoder of one device type (anomaly stage): artifacts/detector "
-    "holds state_dict.pt (weights only), scaler.json, threshold.json and model.json, the files "
-    "in the monitor bundle. predict() returns score (reconstruction MSE) and is_attack.",
+    ANOMALY_PREFIX: "Sparse autoencoder(s) of one device type (anomaly stage): artifacts/detector "
+    "holds each member's state_dict.pt (weights only), weights.safetensors and scaler.json "
+    "(the second member's as sorted.*), threshold.json and model.json, the files in the monitor "
+    "bundle. predict() returns score (one member: reconstruction MSE; two: geometric mean of "
+    "each one's MSE over its typical legitimate MSE) and is_attack (score > threshold).",
 }
 
 

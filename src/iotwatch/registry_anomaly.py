@@ -2,7 +2,8 @@
 
 MLflow copies this file into the logged model and runs it to build the model, so no pickled
 object is ever stored; the weights come from the model's ``detector`` artifact (a saved folder:
-state_dict.pt weights only, scaler.json, threshold.json, model.json).
+state_dict.pt weights only, scaler.json, threshold.json, model.json; the second member's
+sorted.* with ``anomaly.order: both``).
 """
 
 from typing import Any

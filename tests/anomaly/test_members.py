@@ -8,9 +8,11 @@ import pytest
 from iotwatch.anomaly.members import (
     MemberSpec,
     combine,
+    folder_specs,
     read_specs,
     reference_error,
     specs_for,
+    stale_files,
 )
 from iotwatch.errors import InputError
 
@@ -52,9 +54,42 @@ def test_read_specs_defaults_and_refuses_bad_lists() -> None:
         ({"members": [{"order": "positional"}]}, "bad members list"),
         ({"members": [{"order": "sorted", "ref": 0, "prefix": ""}]}, "ref must be"),
         ({"members": [{"order": "sorted", "ref": 1, "prefix": "../"}]}, "bad file prefix"),
+        ({"members": [{"order": "sorted", "ref": 1, "prefix": "C:"}]}, "bad file prefix"),
         ({"members": [{"order": "a", "ref": 1, "prefix": ""}, {"order": "b", "ref": 1, "prefix": ""}]},
          "share the file prefix"),
     ):  # fmt: skip
         with pytest.raises(InputError, match=words) as err:
             read_specs(bad, "m.json")
         assert str(err.value).startswith("m.json: ")
+
+
+def test_a_folder_from_before_members_keeps_its_scalers_order(tmp_path) -> None:
+    (tmp_path / "scaler.json").write_text('{"order": "sorted"}')
+    assert folder_specs(tmp_path, {"hparams": {}}) == [MemberSpec("sorted", 1.0, "")]
+
+
+def test_saving_fewer_members_removes_the_old_second_members_files(tmp_path) -> None:
+    """order both, then positional in the same folder: no stale sorted.* left to be copied
+    into a bundle or registered."""
+    import json
+
+    from iotwatch.anomaly.model import SparseAutoencoder
+    from iotwatch.anomaly.scaling import FeatureScaler
+    from iotwatch.anomaly.stage import THRESHOLD_FORMAT, load_device, save_device
+
+    cols = ["size_sent_1", "size_sent_2"]
+    x = np.abs(np.random.default_rng(0).normal(300, 100, (20, 2)))
+    hp = {"n_features": 2, "hidden": 3}
+    thr = {"format": THRESHOLD_FORMAT, "threshold": 1.0, "fpr_threshold": 1.0}
+    two = [(SparseAutoencoder(**hp), FeatureScaler(order=o).fit(x, cols))
+           for o in ("positional", "sorted")]  # fmt: skip
+    save_device(tmp_path, two, specs_for(["positional", "sorted"], [0.5, 0.25]), hp, thr)
+    assert {p.name for p in tmp_path.glob("sorted.*")} == {
+        "sorted.state_dict.pt", "sorted.weights.safetensors", "sorted.scaler.json"}  # fmt: skip
+    assert load_device(tmp_path).score(x).shape == (20,)
+    save_device(tmp_path, two[:1], specs_for(["positional"], [0.5]), hp, thr)
+    assert not list(tmp_path.glob("sorted.*")) and not stale_files(
+        tmp_path, [MemberSpec("positional", 1.0)]
+    )
+    assert json.loads((tmp_path / "model.json").read_text())["members"] == [
+        {"order": "positional", "ref": 1.0, "prefix": ""}]  # fmt: skip

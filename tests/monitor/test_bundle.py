@@ -86,6 +86,7 @@ def test_export_is_reproducible(trained, tmp_path: Path) -> None:
         ("profile", "flow profile does not fit"),
         ("corrupt_weights", "does not match its SHA-256"),
         ("missing_file", "missing from the bundle"),
+        ("unlisted_member", "extra.scaler.json is not in the bundle's manifest"),
     ],
 )
 def test_a_bad_bundle_is_refused_with_one_line(
@@ -113,6 +114,16 @@ def test_a_bad_bundle_is_refused_with_one_line(
         weights.write_bytes(bytes(data))
     elif damage == "missing_file":
         weights.unlink()
+    elif damage == "unlisted_member":  # model.json names files the manifest does not vouch for
+        folder = weights.parent
+        meta = json.loads((folder / "model.json").read_text())
+        meta["members"][1]["prefix"] = "extra."
+        (folder / "model.json").write_text(json.dumps(meta))
+        for name in ("scaler.json", "weights.safetensors"):
+            shutil.copyfile(folder / f"sorted.{name}", folder / f"extra.{name}")
+        m = json.loads((b / MANIFEST).read_text())
+        rel = folder.relative_to(b).as_posix() + "/model.json"
+        _edit_manifest(b, files={**m["files"], rel: sha256(folder / "model.json")})
     cap = trained.other_home / "benign"
     rc = cli(["monitor", str(cap), "--model", str(b), "--out", str(tmp_path / "a.jsonl")])
     err = capsys.readouterr().err.strip().splitlines()

@@ -4,7 +4,8 @@
 reconstruction error, as the method has it. ``both`` gives two, one per feature order (the method's
 positional features and the sorted ones, ``iotwatch.anomaly.scaling``), trained alike; the score
 is the geometric mean of each member's error divided by its ``ref``, the median error of the
-member's early-stopping flows (held-out legitimate train flows). Dividing puts both errors in
+member's early-stopping flows (held-out legitimate train flows; with ``anomaly.stop_share: 0``
+the legitimate validation flows). Dividing puts both errors in
 "times a typical legitimate flow" units; the geometric mean then needs both members to find a
 flow unusual: a legitimate connection cut by the 600 s timeout at an odd phase is far off for the
 positional member but ordinary for the sorted one, while an attack is far off for both.
@@ -23,9 +24,12 @@ it without torch).
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,11 +65,12 @@ def specs_for(orders: Sequence[str], refs: Sequence[float]) -> list[MemberSpec]:
             for i, (o, r) in enumerate(zip(orders, refs, strict=True))]  # fmt: skip
 
 
-def read_specs(meta: dict[str, Any], source: str) -> list[MemberSpec]:
-    """The members a ``model.json`` lists (one plain member when it lists none)."""
+def read_specs(meta: dict[str, Any], source: str, order: str = "positional") -> list[MemberSpec]:
+    """The members a ``model.json`` lists (one plain member when it lists none: a folder from
+    before members, whose feature order is its scaler's, passed as ``order``)."""
     raw = meta.get("members")
     if raw is None:
-        return [MemberSpec("positional", 1.0, "")]
+        return [MemberSpec(order, 1.0, "")]
     try:
         specs = [MemberSpec(str(m["order"]), float(m["ref"]), str(m["prefix"])) for m in raw]
     except (KeyError, TypeError, ValueError) as exc:
@@ -75,7 +80,7 @@ def read_specs(meta: dict[str, Any], source: str) -> list[MemberSpec]:
     for s in specs:
         if not (math.isfinite(s.ref) and s.ref > 0):
             raise InputError(f"{source}: member {s.order}: ref must be a positive number")
-        if "/" in s.prefix or "\\" in s.prefix or s.prefix.startswith("."):
+        if not re.fullmatch(r"([A-Za-z0-9_-]+\.)?", s.prefix):  # a plain name: never a path
             raise InputError(f"{source}: member {s.order}: bad file prefix {s.prefix!r}")
     if len({s.prefix for s in specs}) != len(specs):
         raise InputError(f"{source}: two members share the file prefix")
@@ -84,6 +89,29 @@ def read_specs(meta: dict[str, Any], source: str) -> list[MemberSpec]:
 
 def member_files(specs: Sequence[MemberSpec], kinds: Sequence[str]) -> list[str]:
     return [s.file(k) for s in specs for k in kinds]
+
+
+def folder_specs(folder: Path, meta: dict[str, Any]) -> list[MemberSpec]:
+    """``read_specs`` of a detector folder's ``model.json`` (``meta``); for a folder from before
+    members, the one member's order is read from its ``scaler.json``."""
+    source = str(folder / "model.json")
+    if meta.get("members") is not None:
+        return read_specs(meta, source)
+    try:
+        order = json.loads((folder / FILES["scaler"]).read_text(encoding="utf-8")).get("order")
+    except (OSError, ValueError, AttributeError):
+        order = None
+    return read_specs(meta, source, str(order or "positional"))
+
+
+def stale_files(folder: Path, specs: Sequence[MemberSpec]) -> list[Path]:
+    """Member files in ``folder`` that ``specs`` do not name (left by an earlier training with
+    other members: removed before saving, so nothing copies or registers them)."""
+    keep = set(member_files(specs, list(FILES)))
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.name.endswith(tuple(FILES.values())) and p.name not in keep)  # fmt: skip
 
 
 def reference_error(errors: np.ndarray) -> float:

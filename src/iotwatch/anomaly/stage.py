@@ -270,13 +270,15 @@ def save_device(
     monitor, which reads them with numpy: the very file the bundle and the MLflow model version
     hold), ``scaler.json``; then ``threshold.json`` and ``model.json`` (hparams, columns,
     members)."""
-    from iotwatch.anomaly.members import COMBINE
+    from iotwatch.anomaly.members import COMBINE, stale_files
     from iotwatch.anomaly.model import save_weights
     from iotwatch.arrays import write_arrays
 
     if len(members) != len(specs):
         raise ValueError("one spec per member")
     folder.mkdir(parents=True, exist_ok=True)
+    for old in stale_files(folder, specs):
+        old.unlink()
     for (model, scaler), spec in zip(members, specs, strict=True):
         save_weights(model, folder / spec.file("state_dict"))
         state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
@@ -316,7 +318,7 @@ class DeviceDetector:
 
 def load_device(folder: Path | str) -> DeviceDetector:
     """Load what ``save_device`` wrote (torch.load with weights_only=True; JSON otherwise)."""
-    from iotwatch.anomaly.members import read_specs
+    from iotwatch.anomaly.members import folder_specs
     from iotwatch.anomaly.model import load_weights
     from iotwatch.anomaly.scaling import FeatureScaler
 
@@ -328,7 +330,7 @@ def load_device(folder: Path | str) -> DeviceDetector:
         raise InputError(f"{folder}: not an anomaly model folder ({exc})") from None
     if thr.get("format") != THRESHOLD_FORMAT:
         raise InputError(f"{folder}/threshold.json: not format {THRESHOLD_FORMAT}")
-    specs = read_specs(meta, str(folder / "model.json"))
+    specs = folder_specs(folder, meta)
     members = [(load_weights(folder / s.file("state_dict"), **meta["hparams"]),
                 FeatureScaler.load(folder / s.file("scaler"))) for s in specs]  # fmt: skip
     return DeviceDetector(members, specs, float(thr["threshold"]), float(thr["fpr_threshold"]))
