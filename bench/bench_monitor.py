@@ -9,7 +9,9 @@ open-set part params.yaml's train/validation feature tables and classifier setti
 
 1. Speed: `iotwatch monitor` as its own process on a synthetic home generated with another
    seed than the training data (13 days: about 2.3 M packets), wall time from start to exit:
-   packets/s, flows/s, peak memory (median of ``--runs``).
+   packets/s, flows/s, peak memory (median of ``--runs``); before each run the flow meter alone
+   (``iotwatch flows``, its own process) on the same captures, the baseline: its packets/s and
+   the monitor / meter ratio of wall times (both under the same load).
 2. Detection on that home, against the synthesizer's ground truth: every device's type,
    attack recall (flows of the malicious captures alerted) and the flow-level false positive
    rate (flows of the benign captures alerted), per attack type too.
@@ -80,10 +82,25 @@ def fifth_kind(args: argparse.Namespace) -> dict:
     return {"home": str(home), "devices": devices, "unknown_devices": summary["unknown_devices"]}
 
 
+def _meter_alone(home: Path, work: Path) -> float:
+    """Wall time of ``iotwatch flows`` (the flow meter alone, its own process) on the captures
+    the monitor reads: the baseline the monitor's speed is compared with."""
+    caps = [str(p) for p in sorted(home.rglob("*.pcap"))]
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(BIN / "iotwatch"), "flows", *caps, "--out", str(work / "flows.parquet"),
+                           "--local-net", LOCAL_NET, "--quiet"], capture_output=True, text=True)  # fmt: skip
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"iotwatch flows failed:\n{proc.stderr[-3000:]}")
+    return wall
+
+
 def speed(home: Path, bundle: Path, work: Path, runs: int) -> dict:
-    """Run the monitor process ``runs`` times; wall time measured around the process."""
-    walls, summary = [], {}
+    """Run the monitor process ``runs`` times, each after a run of the flow meter alone on the
+    same captures (the baseline, so both see the same load); wall time around each process."""
+    walls, meter_walls, summary = [], [], {}
     for k in range(runs):
+        meter_walls.append(_meter_alone(home, work))
         out, summ = work / "alerts.jsonl", work / "summary.json"
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t0 = time.perf_counter()
@@ -99,9 +116,13 @@ def speed(home: Path, bundle: Path, work: Path, runs: int) -> dict:
         summary = json.loads(summ.read_text())
         peak = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
         print(f"  run {k + 1}: {wall:.2f} s wall, {summary['packets'] / wall / 1e6:.2f} M "
-              f"packets/s, {summary['flows_seen'] / wall:.0f} flows/s", flush=True)  # fmt: skip
-    wall = statistics.median(walls)
+              f"packets/s, {summary['flows_seen'] / wall:.0f} flows/s; meter alone "
+              f"{meter_walls[-1]:.2f} s, {summary['packets'] / meter_walls[-1] / 1e6:.2f} M "
+              f"packets/s", flush=True)  # fmt: skip
+    wall, meter = statistics.median(walls), statistics.median(meter_walls)
     return {"packets": summary["packets"], "flows": summary["flows_seen"], "wall_s": wall,
+            "meter_wall_s": meter, "meter_packets_per_s": summary["packets"] / meter,
+            "monitor_over_meter": wall / meter,
             "packets_per_s": summary["packets"] / wall, "flows_per_s": summary["flows_seen"] / wall,
             "peak_memory_mb": summary["peak_memory_mb"], "peak_rss_children_mb": peak,
             "alerts": summary["alerts"], "summary": summary}  # fmt: skip
@@ -363,6 +384,9 @@ def main() -> None:
     print(f"speed: {s['packets']} packets, {s['flows']} flows, {s['wall_s']:.2f} s wall: "
           f"{s['packets_per_s'] / 1e6:.2f} M packets/s, {s['flows_per_s']:.0f} flows/s, "
           f"peak memory {s['peak_memory_mb']:.0f} MB, {s['alerts']} alerts")  # fmt: skip
+    print(f"speed: flow meter alone (iotwatch flows, same captures, median) {s['meter_wall_s']:.2f} s: "
+          f"{s['meter_packets_per_s'] / 1e6:.2f} M packets/s; monitor / meter wall time "
+          f"{s['monitor_over_meter']:.2f}")  # fmt: skip
     d = detection(home, args.work, s["summary"], args.bundle)
     print(f"detection: attack recall {d['recall']:.4f} ({d['alerts_matching_ground_truth']}/"
           f"{d['attack_flows']} attack flows), flow FPR {d['fpr']:.4f} ({d['false_positives']}/"
