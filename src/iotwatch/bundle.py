@@ -314,7 +314,6 @@ def _convert_device(src: Path, dst: Path) -> dict[str, Any]:
     import torch
 
     from iotwatch.anomaly.members import folder_specs
-    from iotwatch.anomaly.scaling import FeatureScaler
     from iotwatch.arrays import write_arrays
 
     try:
@@ -343,8 +342,7 @@ def _convert_device(src: Path, dst: Path) -> dict[str, Any]:
     return {"threshold": float(thr["threshold"]), "fpr_threshold": float(thr["fpr_threshold"]),
             "rule": thr.get("rule"), "output": meta["hparams"]["output"],
             "hidden": int(meta["hparams"]["hidden"]),
-            "members": [FeatureScaler.load(dst / s.file("scaler")).order
-                        for s in specs]}  # fmt: skip
+            "members": [s.order for s in specs]}  # fmt: skip
 
 
 def _check_scores(src: Path, det: Detector, x: np.ndarray) -> float:

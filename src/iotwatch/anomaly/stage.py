@@ -290,6 +290,17 @@ def save_device(
     (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def score_members(
+    members: list[tuple[SparseAutoencoder, FeatureScaler]], specs: list[MemberSpec], x: Any
+) -> np.ndarray:
+    """Scores of raw feature rows ``x``: each member's reconstruction MSE, combined
+    (``members.combine``)."""
+    from iotwatch.anomaly.members import combine
+    from iotwatch.anomaly.model import reconstruction_errors
+
+    return combine([reconstruction_errors(m, sc.transform(x)) for m, sc in members], specs)
+
+
 @dataclass
 class DeviceDetector:
     """A saved per-device detector: ``is_attack(x)`` on raw feature rows (score > threshold)."""
@@ -305,11 +316,7 @@ class DeviceDetector:
         return self.members[0][1]
 
     def score(self, x: Any) -> np.ndarray:
-        from iotwatch.anomaly.members import combine
-        from iotwatch.anomaly.model import reconstruction_errors
-
-        return combine([reconstruction_errors(m, sc.transform(x)) for m, sc in self.members],
-                       self.specs)  # fmt: skip
+        return score_members(self.members, self.specs, x)
 
     def is_attack(self, x: Any, rule: Literal["f1", "fpr"] = "f1") -> np.ndarray:
         thr = self.threshold if rule == "f1" else self.fpr_threshold
@@ -428,7 +435,7 @@ class Trained:
     scaler: FeatureScaler
     model: SparseAutoencoder
     info: dict[str, Any]
-    ref: float = 1.0
+    ref: float
 
     @property
     def order(self) -> str:
@@ -518,8 +525,7 @@ def choose_order(
         pos, srt = found["positional"], found["sorted"]
         best = "sorted" if srt["val_loss"] < pos["val_loss"] else "positional"
     log.info("anomaly %s: feature order %s (validation %s)", d.device, best, found)
-    chosen = trained[best]
-    return best, found, [Trained(chosen.scaler, chosen.model, chosen.info)]  # one member: ref 1
+    return best, found, [trained[best]]
 
 
 CURVES = ("train_loss", "train_mse", "train_kl", "val_loss")  # per-epoch curves of a training
@@ -550,8 +556,7 @@ def run_device(
     """Train, threshold, evaluate, save and plot one device type (inside its child run)."""
     import mlflow
 
-    from iotwatch.anomaly.members import COMBINE, combine, member_files, specs_for
-    from iotwatch.anomaly.model import reconstruction_errors
+    from iotwatch.anomaly.members import COMBINE, member_files, specs_for
     from iotwatch.features import metric_key
 
     key = metric_key(d.device)
@@ -560,14 +565,11 @@ def run_device(
     log_to = {"tracking_uri": mlflow.get_tracking_uri(), "run_id": msr.run_id} if msr.run_id else {}
     order, choice, members = choose_order(cfg, d, hparams, settings, seed, **log_to)
     specs = specs_for([t.order for t in members], [t.ref for t in members])
+    pairs = [(t.model, t.scaler) for t in members]
     scaler, info = members[0].scaler, dict(members[0].info)  # the baselines see its scaling
     info["seconds"] = sum(t.info["seconds"] for t in members)
     if choice and msr.run_id:
         copy_curves(msr.run_id, members[0].order)
-
-    def score(x: np.ndarray) -> np.ndarray:
-        return combine([reconstruction_errors(t.model, t.scaler.transform(x)) for t in members],
-                       specs)  # fmt: skip
 
     xs = {
         "train": scaler.transform(d.train),
@@ -586,7 +588,7 @@ def run_device(
             "target_fpr": cfg.target_fpr,
         }
     )  # hidden/lr/sparsity_* are logged by Lightning's MLFlowLogger (the module's hparams)
-    val_s, test_s = score(d.validation), score(d.test)
+    val_s, test_s = score_members(pairs, specs, d.validation), score_members(pairs, specs, d.test)
     m = _both_rules(d, val_s, test_s, cfg.target_fpr, cfg.threshold_placement)
     m["order"] = order
     if choice:
@@ -620,7 +622,7 @@ def run_device(
     folder = models_dir / key
     save_device(
         folder,
-        [(t.model, t.scaler) for t in members],
+        pairs,
         specs,
         hparams,
         {
