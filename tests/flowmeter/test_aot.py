@@ -1,4 +1,4 @@
-"""Ahead-of-time and JIT kernels: same signatures, same flow tables."""
+"""Ahead-of-time and JIT kernels: same signatures, same flow tables (and forest probabilities)."""
 
 from __future__ import annotations
 
@@ -47,10 +47,31 @@ for profile in ("default", "nfstream"):
     meter_captures([a, b], cfg, inventory=inv).to_parquet(out / f"{profile}.parquet")
     meter_captures([a, b], cfg, out=out / f"{profile}-streamed.parquet")
     meter_captures([a], cfg, out=out / f"{profile}-one.parquet", threads=1)
+# the monitor's forest kernel (used by Forest only with the ahead-of-time module: here JIT too)
+import numpy as np
+import pandas as pd
+from iotwatch.classify import ModelConfig, make_pipeline
+from iotwatch.monitor import forest as F
+if _jit.kind() == "jit":
+    from iotwatch.monitor import _forest_kernel
+    F._compiled_kernel = lambda: _forest_kernel.forest_proba
+rng = np.random.default_rng(5)
+x = np.abs(rng.normal(300, 200, (300, 5))).round()
+y = np.where(x[:, 0] > 300, "a", np.where(x[:, 1] > 250, "b", "c"))
+cols = [f"f{i}" for i in range(5)]
+pipe = make_pipeline("random_forest", ModelConfig(log1p=True, scale=True,
+                                                  params={"n_estimators": 9}), 0)
+pipe.fit(pd.DataFrame(x, columns=cols), y)
+forest = F.compile_pipeline(pipe)
+assert F._compiled_kernel() is not None
+x_new = np.abs(rng.normal(300, 250, (200, 5)))
+proba = forest.predict_proba(x_new)
+assert np.array_equal(proba, pipe.predict_proba(pd.DataFrame(x_new, columns=cols)))
+np.save(out / "forest.npy", proba)
 sigs = {}
 if _jit.kind() == "jit":
     from iotwatch.flowmeter import _decode, _meter_kernels
-    for mod in (_decode, _meter_kernels):
+    for mod in (_decode, _meter_kernels, _forest_kernel):
         for name in mod.EXPORTS:
             sigs[name] = [str(s) for s in getattr(mod, name).nopython_signatures]
 print(json.dumps({"kind": _jit.kind(), "sigs": sigs}))
@@ -95,6 +116,10 @@ def test_aot_signatures_and_tables_match_jit(tmp_path: Path) -> None:
     assert len(names) == 6
     for name in names:
         assert pq.read_table(tmp_path / "aot" / name).equals(pq.read_table(tmp_path / "jit" / name))
+    import numpy as np
+
+    forest = [np.load(tmp_path / kind / "forest.npy") for kind in ("aot", "jit")]
+    assert np.array_equal(*forest)
 
 
 def test_bad_kernels_setting_is_a_clean_error(tmp_path: Path) -> None:

@@ -175,7 +175,8 @@ def test_tree_models_compile_to_the_same_probabilities(name: str) -> None:
     assert forest is not None
     x_new = np.abs(rng.normal(300, 250, (300, 6)))
     ref = pipe.predict_proba(pd.DataFrame(x_new, columns=cols))
-    assert np.array_equal(forest.predict_proba(x_new), ref)
+    assert np.array_equal(forest.predict_proba(x_new), ref)  # the compiled kernel where built
+    assert np.array_equal(forest.predict_proba_numpy(x_new), ref)
 
 
 def test_a_sorted_detector_names_and_values_its_sorted_columns() -> None:

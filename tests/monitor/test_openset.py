@@ -175,7 +175,7 @@ def test_export_calibrates_on_out_of_fold_probabilities(trained) -> None:
 
 def test_running_vote_equals_the_mean_of_the_last_flows() -> None:
     rng = np.random.default_rng(1)
-    st = DeviceState("k", None, "10.0.0.1", window=4, memory=6)
+    st = DeviceState("k", None, "10.0.0.1", window=4, memory=6, n_classes=3)
     rows = rng.dirichlet(np.ones(3), 50)
     accepts = rng.random((50, 3)) < 0.5
     for p, a in zip(rows, accepts, strict=True):

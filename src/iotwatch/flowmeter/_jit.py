@@ -1,6 +1,7 @@
 """Which compiled kernels the flow meter runs: ahead-of-time (built at setup) or numba JIT.
 
-The kernels (``_decode.walk`` and the ``_meter_kernels`` functions) are numba code. Run through
+The kernels (``_decode.walk``, the ``_meter_kernels`` functions and the monitor's
+``_forest_kernel.forest_proba``) are numba code. Run through
 numba's JIT, every process pays for importing numba and for its first dispatch (type and target
 registries) before the first packet: about 0.6 s, a third of metering a 2 M-packet capture.
 ``python -m iotwatch.flowmeter.build_aot`` (run by ``make setup``) compiles the same functions
@@ -28,7 +29,8 @@ HERE = Path(__file__).resolve().parent
 # what the compiled module depends on: the kernels, the signatures the build declares, and the
 # modules that allocate the arrays the kernels are called with (their dtypes and layouts)
 SOURCES = ("_decode.py", "_meter_kernels.py", "build_aot.py", "reader.py", "engine.py",
-           "flowtable.py", "reorder.py", "arrow_table.py")  # fmt: skip
+           "flowtable.py", "reorder.py", "arrow_table.py",
+           "../monitor/_forest_kernel.py", "../monitor/forest.py")  # fmt: skip
 
 
 def _cpu_id() -> bytes:

@@ -1,4 +1,5 @@
-"""Compile the flow meter's kernels ahead of time: ``python -m iotwatch.flowmeter.build_aot``.
+"""Compile the flow meter's kernels (and the monitor's forest kernel) ahead of time:
+``python -m iotwatch.flowmeter.build_aot``.
 
 Writes ``iotwatch/flowmeter/_aot_<tag>.<ext>`` (``_jit.source_tag()``: a hash of the kernel
 sources and numba's version), which ``_jit`` loads instead of JIT-compiling; a module built from
@@ -32,25 +33,29 @@ def signatures() -> dict[str, tuple[str, Any]]:
         return T.Array(dtype, ndim, "C", readonly=readonly)
 
     i64, u64, i32, u16, u8, b1 = T.int64, T.uint64, T.int32, T.uint16, T.uint8, T.boolean
+    f64 = T.float64
     # pool state after the hash table, as ``_Pool.state`` passes it
     pool = (a(i64), a(u64, 2), a(i64, 2), a(i64, 3), a(i64), a(i64), a(u64, 2), a(i64, 2),
             a(i64, 3))  # fmt: skip
     columns = (a(i64), a(i64), a(u8), a(u8), a(u64), a(u64), a(u64), a(u64), a(u16), a(u16),
                a(u8), a(i32), a(u64), a(u64), a(b1), a(i64))  # fmt: skip
     return {
-        "walk": ("_decode", T.UniTuple(i64, 2)(
+        "walk": ("iotwatch.flowmeter._decode", T.UniTuple(i64, 2)(
             a(u8, readonly=True), i64, i64, i64, i64, i64, i64, i64, i64, a(i64, 2),
             a(i64, 2), a(u64, 2), a(i32, 2), a(u16, 2), a(u8, 2), a(i64), a(i64))),
-        "meter_run": ("_meter_kernels", i64(
+        "meter_run": ("iotwatch.flowmeter._meter_kernels", i64(
             T.Tuple(columns), T.Tuple(columns), i64, a(i64), i64, i64, a(b1), a(i64), i64,
             *pool)),
-        "expire": ("_meter_kernels", i64(i64, i64, b1, i64, *pool)),
-        "emit_slots": ("_meter_kernels", i64(a(i64), i64, i64, i64, b1, *pool)),
-        "rehash": ("_meter_kernels", T.none(a(i64), a(u64, 2), a(i64, 2), i64)),
-        "format_ips": ("_meter_kernels", T.Tuple((a(i32), a(u8)))(a(u64), a(u64))),
-        "format_macs": ("_meter_kernels", T.Tuple((a(i32), a(u8)))(a(u64))),
-        "gather_strings": ("_meter_kernels", T.Tuple((a(i32), a(u8)))(
+        "expire": ("iotwatch.flowmeter._meter_kernels", i64(i64, i64, b1, i64, *pool)),
+        "emit_slots": ("iotwatch.flowmeter._meter_kernels", i64(a(i64), i64, i64, i64, b1, *pool)),
+        "rehash": ("iotwatch.flowmeter._meter_kernels", T.none(a(i64), a(u64, 2), a(i64, 2), i64)),
+        "format_ips": ("iotwatch.flowmeter._meter_kernels", T.Tuple((a(i32), a(u8)))(a(u64), a(u64))),
+        "format_macs": ("iotwatch.flowmeter._meter_kernels", T.Tuple((a(i32), a(u8)))(a(u64))),
+        "gather_strings": ("iotwatch.flowmeter._meter_kernels", T.Tuple((a(i32), a(u8)))(
             a(i32), a(u8, readonly=True), a(i64))),
+        # the monitor's compiled forest (``iotwatch.monitor.forest``)
+        "forest_proba": ("iotwatch.monitor._forest_kernel", T.none(
+            a(f64, 2), a(i64), a(i64), a(i64), a(i64), a(f64), a(f64, 2), a(f64, 2))),
     }  # fmt: skip
 
 
@@ -79,7 +84,7 @@ def build(verbose: bool = True) -> Path:
     cc.target_cpu = "host"
     cc.verbose = False
     for export, (module, sig) in signatures().items():
-        mod = importlib.import_module(f"iotwatch.flowmeter.{module}")
+        mod = importlib.import_module(module)
         cc.export(export, sig)(getattr(mod, export).py_func)
     t = time.perf_counter()
     original = pycc_compiler.Flags

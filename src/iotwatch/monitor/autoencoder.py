@@ -22,7 +22,11 @@ WEIGHT_NAMES = ("encoder.weight", "encoder.bias", "decoder.weight", "decoder.bia
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+    """1 / (1 + exp(-z)) in float32, in one buffer (the hidden layer is the largest array)."""
+    h = np.negative(z, dtype=np.float32)
+    np.exp(h, out=h)
+    h += np.float32(1.0)
+    return np.reciprocal(h, out=h)
 
 
 @dataclass

@@ -22,6 +22,14 @@ Meidan et al.); afterwards of its last ``memory`` voting flows (a device keeps i
 type is its long-run behaviour: a quiet hour of cloud keep-alives, which two vendors' devices
 share, must not flip it), and the fit test always looks at the last ``window`` flows.
 
+Votes are kept as integers (each class probability in units of 1 / ``VOTE_UNITS``), so a
+device's running sums are exact whatever the order they are added in. That lets a table's flows
+of a device already placed be judged together (``_known_batch``): their alerts, and the vote
+after each of their flows computed at once with cumulative sums; when the vote stays on the
+device's type with enough confidence and fit after every flow (nearly always) the state is
+committed in one step, otherwise the device's flows go one by one. Both give the same alerts,
+counts and votes (``tests/monitor/test_monitor.py`` checks it against flow-by-flow judging).
+
 Memory is bounded by the devices seen: per device the last ``memory`` votes, at most
 ``window`` waiting flows and a timeline of fixed size (buckets merge when it grows).
 """
@@ -30,7 +38,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -44,6 +52,7 @@ if TYPE_CHECKING:
     from iotwatch.bundle import Bundle
 
 TOP_FEATURES = 3
+VOTE_UNITS = 1 << 24  # a class probability p votes round(p * VOTE_UNITS)
 MAX_BUCKETS = 2_000  # timeline buckets kept per device before they are merged pairwise
 BUCKET_S = 60.0
 
@@ -65,11 +74,69 @@ class _Flow:
         return {k: v[self.i] for k, v in self.cols.items()}
 
 
+class _Alerts:
+    """Alerts found while judging a table, each with the table position of the flow being
+    judged when it was raised (``pos``): they are sent in that order, as flow-by-flow judging
+    raises them, whichever way they were found."""
+
+    __slots__ = ("items", "pos")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, int, dict[str, Any], np.ndarray]] = []
+        self.pos = 0
+
+    def add(self, pos: int, j: int, alert: dict[str, Any], x: np.ndarray) -> None:
+        self.items.append((pos, j, alert, x))
+
+    def ordered(self) -> list[tuple[int, dict[str, Any], np.ndarray]]:
+        """(class, alert, features) by position; equal positions keep their order."""
+        return [(j, a, x) for _, j, a, x in sorted(self.items, key=lambda item: item[0])]
+
+
 @dataclass
 class _Waiting:
     info: dict[str, Any]
     scores: np.ndarray  # per class (inf where no model)
     x: np.ndarray
+
+
+class _Ring:
+    """The last ``cap`` rows pushed (int64, ``cols`` columns) and their column sums (exact)."""
+
+    __slots__ = ("buf", "cap", "n", "head", "sum")
+
+    def __init__(self, cap: int, cols: int) -> None:
+        self.buf = np.zeros((cap, cols), np.int64)
+        self.cap = cap
+        self.n = 0  # rows held
+        self.head = 0  # slot of the oldest row
+        self.sum = np.zeros(cols, np.int64)
+
+    def history(self) -> np.ndarray:
+        """The rows held, oldest first."""
+        return self.buf[(self.head + np.arange(self.n)) % self.cap]
+
+    def push(self, rows: np.ndarray) -> None:
+        """Append rows (2-D, oldest first); the oldest fall out beyond ``cap``."""
+        k = len(rows)
+        if not k:
+            return
+        kept = min(k, self.cap)  # the last ``cap`` rows pushed are all that can stay
+        first = self.head + self.n + k - kept  # where the first kept row goes (mod cap)
+        self.buf[(first + np.arange(kept)) % self.cap] = rows[k - kept :]
+        n = min(self.n + k, self.cap)
+        self.head = (self.head + self.n + k - n) % self.cap
+        self.n = n
+        self.sum = self.buf.sum(axis=0)  # slots never written hold zeros
+
+    def sums_after(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Column sums and row counts after pushing each of ``rows`` in turn (nothing pushed)."""
+        k = len(rows)
+        cs = np.cumsum(np.concatenate([self.history(), rows]), axis=0)
+        ends = self.n + np.arange(1, k + 1)  # rows pushed so far, after each push
+        lo = ends - self.cap  # the oldest row still held, after each push
+        sums = cs[ends - 1] - np.where((lo > 0)[:, None], cs[np.maximum(lo - 1, 0)], 0)
+        return sums, np.minimum(ends, self.cap)
 
 
 @dataclass
@@ -90,51 +157,40 @@ class DeviceState:
     first_seen: float = math.inf
     last_seen: float = -math.inf
     memory: int = 0
-    probs: deque[list[float]] = field(default_factory=deque)
-    accepts: deque[list[float]] = field(default_factory=deque)  # 1 / 0, nan: not scored
-    prob_sum: list[float] = field(default_factory=list)
-    accept_sum: list[float] = field(default_factory=list)
-    accept_n: list[int] = field(default_factory=list)
+    n_classes: int = 0
+    probs: _Ring = field(init=False)  # per flow: votes per class (units of 1 / VOTE_UNITS)
+    accepts: _Ring = field(init=False)  # per flow and class: accepted, then scored (0 / 1)
     waiting: list[_Waiting] = field(default_factory=list)
     timeline: dict[int, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.probs = deque(maxlen=max(self.memory, self.window))
-        self.accepts = deque(maxlen=self.window)
+        self.probs = _Ring(max(self.memory, self.window), self.n_classes)
+        self.accepts = _Ring(self.window, 2 * self.n_classes)
 
-    def add_vote(self, probs: list[float], accepts: list[float]) -> None:
+    @staticmethod
+    def vote_rows(probs: np.ndarray, accepts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flows' class probabilities and autoencoder verdicts (1 / 0, nan where a type's model
+        did not score the flow) as the integer rows the device keeps."""
+        p = np.rint(np.atleast_2d(probs) * VOTE_UNITS).astype(np.int64)
+        a = np.atleast_2d(accepts)
+        scored = ~np.isnan(a)
+        return p, np.hstack([np.where(scored, a, 0.0).astype(np.int64), scored.astype(np.int64)])
+
+    def add_vote(self, probs: Any, accepts: Any) -> None:
         """One flow's class probabilities (kept for ``memory`` flows) and its autoencoders'
-        verdicts (kept for ``window`` flows; nan where a type's model did not score it), with
-        running sums of both (plain floats: a handful of classes, once per flow)."""
-        if not self.prob_sum:
-            self.prob_sum = [0.0] * len(probs)
-            self.accept_sum = [0.0] * len(accepts)
-            self.accept_n = [0] * len(accepts)
-        ps, as_, an = self.prob_sum, self.accept_sum, self.accept_n
-        if len(self.probs) == self.probs.maxlen:
-            for j, v in enumerate(self.probs[0]):
-                ps[j] -= v
-        if len(self.accepts) == self.accepts.maxlen:
-            for j, v in enumerate(self.accepts[0]):
-                if v == v:
-                    as_[j] -= v
-                    an[j] -= 1
-        self.probs.append(probs)
-        self.accepts.append(accepts)
-        for j, v in enumerate(probs):
-            ps[j] += v
-        for j, v in enumerate(accepts):
-            if v == v:
-                as_[j] += v
-                an[j] += 1
+        verdicts (kept for ``window`` flows; nan where a type's model did not score it)."""
+        p, a = self.vote_rows(np.asarray(probs, float), np.asarray(accepts, float))
+        self.probs.push(p)
+        self.accepts.push(a)
 
     def vote(self) -> tuple[int, float, float]:
         """(winning class index, its mean probability, the share of the last ``window``
-        flows its autoencoder accepted, 1 when none was scored by it)."""
-        ps = self.prob_sum
-        j = max(range(len(ps)), key=ps.__getitem__)
-        n = self.accept_n[j]
-        return j, ps[j] / len(self.probs), (self.accept_sum[j] / n if n else 1.0)
+        flows its autoencoder accepted, 1 when none was scored by it): ``votes`` for one
+        device, in plain Python (once per flow judged one by one; same values)."""
+        ps, acc = self.probs.sum.tolist(), self.accepts.sum.tolist()
+        j = max(range(len(ps)), key=ps.__getitem__)  # the first of equals, like argmax
+        n = acc[len(ps) + j]
+        return j, ps[j] / (self.probs.n * VOTE_UNITS), (acc[j] / n if n else 1.0)
 
     def summary(self) -> dict[str, Any]:
         return {"mac": self.mac, "ip": self.ip, "status": self.status,
@@ -142,6 +198,21 @@ class DeviceState:
                 "confidence": round(self.confidence, 4), "fit": round(self.fit, 4),
                 "flows": self.flows, "alerts": self.alerts,
                 "first_seen": _iso(self.first_seen), "last_seen": _iso(self.last_seen)}  # fmt: skip
+
+
+def votes(
+    prob_sums: np.ndarray, counts: np.ndarray, accept_sums: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of running sums (``DeviceState.probs`` / ``accepts``): the winning class (the
+    first of equals), its mean probability and the share of its scored flows accepted (1 when
+    none was)."""
+    c = prob_sums.shape[1]
+    best = np.argmax(prob_sums, axis=1)
+    r = np.arange(len(best))
+    conf = prob_sums[r, best] / (counts * float(VOTE_UNITS))
+    n = accept_sums[r, c + best]
+    fit = np.where(n > 0, accept_sums[r, best] / np.maximum(n, 1), 1.0)
+    return best, conf, fit
 
 
 _DTYPES = {pa.int32(): np.dtype("<i4"), pa.int64(): np.dtype("<i8"),
@@ -185,6 +256,10 @@ class Monitor:
         self.detectors = [bundle.detectors.get(t) for t in self.classes]
         self.thresholds = np.array([d.threshold if d else np.inf for d in self.detectors])
         self.rule = bundle.open_set
+        # the rule's bars per class (``OpenSetRule.passes``, for many votes at once)
+        self.conf_bars = np.array([self.rule.confidence.get(t, 1.0) for t in self.classes])
+        self.fit_bars = np.array([self.rule.fits.get(t, self.rule.fit) for t in self.classes])
+        self.batched = True  # False: every flow one by one (the reference the tests compare to)
         self.columns = bundle.feature_columns
         self.n_packets = bundle.n_packets
         self.local = LocalNetworks(local_networks or [])
@@ -215,28 +290,41 @@ class Monitor:
         cols = {c: table.column(c).to_pylist() for c in (
             "dev_mac", "dev_ip", "dev_port", "peer_mac", "peer_ip", "peer_port", "proto",
             "start", "end", "packets", "bytes", "end_reason", "capture")}  # fmt: skip
-        scores = self._scores(x, cols["dev_mac"], cols["dev_ip"])
+        groups: dict[str, list[int]] = {}  # device key -> its flows, in table order
+        for i, (mac, ip) in enumerate(zip(cols["dev_mac"], cols["dev_ip"], strict=True)):
+            groups.setdefault(mac or f"ip:{ip}", []).append(i)
+        scores = self._scores(x, groups)
         with np.errstate(invalid="ignore"):
-            accepts = np.where(np.isnan(scores), np.nan, scores <= self.thresholds).tolist()
-        out: list[tuple[int, dict[str, Any], np.ndarray]] = []  # (class, alert, x row)
-        prob_rows = probs.tolist()
-        for i in range(len(x)):
-            self._flow(_Flow(cols, i), prob_rows[i], accepts[i], scores[i], x[i], out)
+            accepts = np.where(np.isnan(scores), np.nan, scores <= self.thresholds)
+        vote_p, vote_a = DeviceState.vote_rows(probs, accepts)
+        out = _Alerts()
+        for key, rows in groups.items():
+            st = self.devices.get(key)
+            together = self.batched  # until the device's vote moves within this table
+            for k, i in enumerate(rows):
+                if together and st is not None and st.status == "known":
+                    if self._known_batch(st, np.asarray(rows[k:]), cols, vote_p, scores, x, out):
+                        break
+                    together = False
+                # one by one: a device being placed, of unknown type, or its vote moving
+                out.pos = i
+                self._flow(_Flow(cols, i), vote_p[i], vote_a[i].copy(), scores[i], x[i], out)
+                st = self.devices[key]
         n = self._emit(out)
         self.judge_seconds += time.perf_counter() - t0
         return n
 
-    def _scores(self, x: np.ndarray, macs: list[Any], ips: list[Any]) -> np.ndarray:
+    def _scores(self, x: np.ndarray, groups: dict[str, list[int]]) -> np.ndarray:
         """Autoencoder scores (flows x classes): a flow of a device already placed as type T
         is scored by T's model only (nan elsewhere), others by every type's model (their
         votes' fit needs them); inf under a type without a model."""
         c = len(self.classes)
         need = np.ones((len(x), c), bool)
-        for i, (mac, ip) in enumerate(zip(macs, ips, strict=True)):
-            st = self.devices.get(mac or f"ip:{ip}")
+        for key, rows in groups.items():
+            st = self.devices.get(key)
             if st is not None and st.status == "known" and st.device_type is not None:
-                need[i] = False
-                need[i, self.index[st.device_type]] = True
+                need[rows] = False
+                need[rows, self.index[st.device_type]] = True
         scores = np.full((len(x), c), np.nan)
         for j, det in enumerate(self.detectors):
             if det is None:
@@ -248,6 +336,69 @@ class Monitor:
             elif len(rows):
                 scores[rows, j] = det.score(x[rows])
         return scores
+
+    def _known_batch(
+        self,
+        st: DeviceState,
+        rows: np.ndarray,
+        cols: dict[str, list[Any]],
+        vote_p: np.ndarray,
+        scores: np.ndarray,
+        x: np.ndarray,
+        out: _Alerts,
+    ) -> bool:
+        """A placed device's flows of this table at once (what ``_flow`` does one by one):
+        scores above its type's threshold are alerts, the others vote. False (nothing changed)
+        when the vote would leave the type, or fall below a bar, after one of them."""
+        assert st.device_type is not None
+        t = st.device_type
+        j = self.index[t]
+        thr = float(self.thresholds[j])
+        s = scores[rows, j]
+        if np.isnan(s).any():
+            return False
+        alert = s > thr if math.isfinite(thr) else np.zeros(len(rows), bool)
+        voters = rows[~alert]
+        c = len(self.classes)
+        conf = np.array([st.confidence])
+        fit = np.array([st.fit])
+        if len(voters):
+            p = vote_p[voters]
+            a = np.zeros((len(voters), 2 * c), np.int64)
+            a[:, j] = a[:, c + j] = 1  # scored by its type, accepted
+            prob_sums, counts = st.probs.sums_after(p)
+            accept_sums, _ = st.accepts.sums_after(a)
+            best, conf, fit = votes(prob_sums, counts, accept_sums)
+            if not ((best == j).all() and (conf >= self.conf_bars[j]).all()
+                    and (fit >= self.fit_bars[j]).all()):  # fmt: skip
+                return False
+            st.probs.push(p)
+            st.accepts.push(a)
+            conf = np.concatenate([[st.confidence], conf])
+            st.confidence, st.fit = float(conf[-1]), float(fit[-1])
+        n = len(rows)
+        start, end, capture = cols["start"], cols["end"], cols["capture"]
+        self.flows_seen += n
+        self.flows_per_capture.update(capture[i] for i in rows)
+        self.flows_per_type[t] += n
+        st.flows += n
+        st.first_seen = min(st.first_seen, min(start[i] for i in rows))
+        st.last_seen = max(st.last_seen, max(end[i] for i in rows))
+        st.ip = cols["dev_ip"][rows[-1]]
+        ticks = [start[i] for i in rows]
+        alerted = np.flatnonzero(alert)
+        if len(alerted):
+            votes_before = np.cumsum(~alert) - ~alert  # voters before each of the flows
+            st.alerts += len(alerted)
+            self.alerts += len(alerted)
+            self.alerts_per_type[t] += len(alerted)
+            for k in alerted:
+                i = int(rows[k])
+                info = _Flow(cols, i).info()
+                out.add(i, j, self._alert(st, t, cols["dev_ip"][i], float(conf[votes_before[k]]),
+                                          info, float(s[k]), thr), x[i])  # fmt: skip
+        self._ticks(st, ticks, [start[int(rows[k])] for k in alerted])
+        return True
 
     def _first_sightings(self, table: pa.Table) -> pa.Table:
         """Drop finished flows already judged while open; remember the open ones judged now."""
@@ -274,7 +425,8 @@ class Monitor:
         key = mac or f"ip:{ip}"
         st = self.devices.get(key)
         if st is None:
-            st = DeviceState(key, mac, ip, self.rule.window, memory=self.rule.memory)
+            st = DeviceState(key, mac, ip, self.rule.window, memory=self.rule.memory,
+                             n_classes=len(self.classes))  # fmt: skip
             self.devices[key] = st
         st.ip = ip
         return st
@@ -282,12 +434,13 @@ class Monitor:
     def _flow(
         self,
         flow: _Flow,
-        probs: list[float],
-        accepts: list[float],
+        vote_p: np.ndarray,
+        vote_a: np.ndarray,
         scores: np.ndarray,
         x: np.ndarray,
-        out: list[tuple[int, dict[str, Any], np.ndarray]],
+        out: _Alerts,
     ) -> None:
+        """One flow (``DeviceState.vote_rows``: its vote row and verdicts row)."""
         cols, i = flow.cols, flow.i
         st = self._device(cols["dev_mac"][i], cols["dev_ip"][i])
         start, end = cols["start"][i], cols["end"][i]
@@ -296,18 +449,22 @@ class Monitor:
         st.flows += 1
         st.first_seen = min(st.first_seen, start)
         st.last_seen = max(st.last_seen, end)
-        self._tick(st, start, 0)
+        self._ticks(st, [start], [])
         if st.status == "known":
             assert st.device_type is not None
             if self._score(st, st.device_type, flow, scores, x, out):
                 return  # an alert: not a vote
-            accepts[self.index[st.device_type]] = 1.0  # (scored now if it was placed late)
-            self._vote(st, probs, accepts)
+            # only its type's verdict: accepted (whatever else this table scored it with)
+            j, c = self.index[st.device_type], len(self.classes)
+            vote_a[:] = 0
+            vote_a[j] = vote_a[c + j] = 1
+            self._vote(st, vote_p, vote_a)
             return
-        self._vote(st, probs, accepts)
+        self._every_verdict(scores, x, vote_a)
+        self._vote(st, vote_p, vote_a)
         if st.status == "pending":
             st.waiting.append(_Waiting(flow.info(), scores.copy(), x.copy()))  # not the batch
-            if len(st.probs) >= self.rule.window:
+            if st.probs.n >= self.rule.window:
                 self._release(st, out)
             return
         if st.status == "known":  # an unknown device just got placed: score this flow
@@ -316,8 +473,20 @@ class Monitor:
         else:
             self.flows_per_type["unknown"] += 1
 
-    def _vote(self, st: DeviceState, probs: list[float], accepts: list[float]) -> None:
-        st.add_vote(probs, accepts)
+    def _every_verdict(self, scores: np.ndarray, x: np.ndarray, vote_a: np.ndarray) -> None:
+        """A flow of a device not placed is scored by every type's model: those its table did
+        not score it with (its device was placed then) are scored now, so a device's votes do
+        not depend on how its flows were cut into tables."""
+        c = len(self.classes)
+        for j in np.flatnonzero(np.isnan(scores)):
+            det = self.detectors[j]
+            scores[j] = det.score(x[None, :])[0] if det is not None else np.inf
+            vote_a[j] = int(scores[j] <= self.thresholds[j])
+            vote_a[c + j] = 1
+
+    def _vote(self, st: DeviceState, vote_p: np.ndarray, vote_a: np.ndarray) -> None:
+        st.probs.push(vote_p[None])
+        st.accepts.push(vote_a[None])
         if st.status == "pending":
             return  # decided by _release, which also scores (or lets go) its waiting flows
         self._decide(st)
@@ -330,7 +499,7 @@ class Monitor:
         st.device_type = best if placed else None
         st.status = "known" if placed else "unknown"
 
-    def _release(self, st: DeviceState, out: list[tuple[int, dict[str, Any], np.ndarray]]) -> None:
+    def _release(self, st: DeviceState, out: _Alerts) -> None:
         """The vote is decided: score the waiting flows (known type) or let them go."""
         if st.status == "pending":
             self._decide(st)
@@ -349,12 +518,12 @@ class Monitor:
         flow: _Flow | dict[str, Any],
         scores: np.ndarray,
         x: np.ndarray,
-        out: list[tuple[int, dict[str, Any], np.ndarray]],
+        out: _Alerts,
     ) -> bool:
         """Score one flow with its device's type; True when it is an alert."""
         j = self.index[device_type]
         self.flows_per_type[device_type] += 1
-        thr = self.thresholds[j]
+        thr = float(self.thresholds[j])
         if not math.isfinite(thr):
             return False  # a type without a model: placed, not scored
         if scores[j] != scores[j]:  # placed since its batch was scored
@@ -367,11 +536,25 @@ class Monitor:
         st.alerts += 1
         self.alerts += 1
         self.alerts_per_type[device_type] += 1
-        self._tick(st, info["start"], 1)
-        alert = {
+        self._ticks(st, [], [info["start"]])
+        out.add(out.pos, j, self._alert(st, device_type, st.ip, st.confidence, info,
+                                        float(scores[j]), thr), x)  # fmt: skip
+        return True
+
+    @staticmethod
+    def _alert(
+        st: DeviceState,
+        device_type: str,
+        ip: str,
+        confidence: float,
+        info: dict[str, Any],
+        score: float,
+        threshold: float,
+    ) -> dict[str, Any]:
+        return {
             "time": _iso(info["end"]), "ts": info["end"],
-            "device_mac": st.mac, "device_ip": st.ip, "device_type": device_type,
-            "confidence": round(st.confidence, 4),
+            "device_mac": st.mac, "device_ip": ip, "device_type": device_type,
+            "confidence": round(confidence, 4),
             "proto": info["proto"], "device_port": info["dev_port"],
             "peer_ip": info["peer_ip"], "peer_port": info["peer_port"],
             "peer_mac": info["peer_mac"],
@@ -379,20 +562,20 @@ class Monitor:
             "packets": info["packets"], "bytes": info["bytes"],
             "judged": "early" if info["end_reason"] == "open" else info["end_reason"],
             "capture": info["capture"],
-            "score": float(scores[j]), "threshold": float(thr),
+            "score": score, "threshold": threshold,
         }  # fmt: skip
-        out.append((j, alert, x))
-        return True
 
-    def _emit(self, out: list[tuple[int, dict[str, Any], np.ndarray]]) -> int:
-        """Explain the alerts (top features of each type's reconstruction error) and send them."""
-        if not out:
+    def _emit(self, out: _Alerts) -> int:
+        """Explain the alerts (top features of each type's reconstruction error) and send them
+        (in the order of the flows that raised them)."""
+        found = out.ordered()
+        if not found:
             return 0
-        for j in sorted({j for j, _, _ in out}):
+        for j in sorted({j for j, _, _ in found}):
             det = self.detectors[j]
             assert det is not None
             col = {c: k for k, c in enumerate(det.feature_names)}
-            mine = [(a, x) for jj, a, x in out if jj == j]
+            mine = [(a, x) for jj, a, x in found if jj == j]
             xs = np.asarray([x for _, x in mine])
             tops = det.explain(xs, self.top)
             shown = det.model_view(xs)  # the values the names refer to (sorted groups sorted)
@@ -401,20 +584,26 @@ class Monitor:
                     {"feature": name, "share": round(share, 4), "value": float(v[col[name]])}
                     for name, share in top
                 ]
-        alerts = [a for _, a, _ in out]
+        alerts = [a for _, a, _ in found]
         if self.sink is not None:
             self.sink.write(alerts)
         return len(alerts)
 
     # -- timeline -----------------------------------------------------------------------------
-    def _tick(self, st: DeviceState, t: float, alert: int) -> None:
-        b = int(t // self.bucket_s)
-        cell = st.timeline.setdefault(b, [0, 0])
-        if alert:
+    def _ticks(self, st: DeviceState, flows: list[float], alerts: list[float]) -> None:
+        """Count flows and alerts (their start times) in the device's timeline buckets."""
+        tl, w = st.timeline, self.bucket_s
+        for t in flows:
+            b = int(t // w)
+            cell = tl.get(b)
+            if cell is None:
+                tl[b] = [1, 0]
+            else:
+                cell[0] += 1
+        for t in alerts:
+            cell = tl.setdefault(int(t // w), [0, 0])
             cell[1] += 1
-        else:
-            cell[0] += 1
-        if len(st.timeline) > MAX_BUCKETS:
+        while len(st.timeline) > MAX_BUCKETS:
             self._coarser()
 
     def _coarser(self) -> None:
@@ -431,9 +620,9 @@ class Monitor:
     # -- the end ------------------------------------------------------------------------------
     def finish(self) -> int:
         """End of the source: devices still waiting are decided on the flows they have."""
-        out: list[tuple[int, dict[str, Any], np.ndarray]] = []
+        out = _Alerts()
         for st in self.devices.values():
-            if st.status == "pending" and st.probs:
+            if st.status == "pending" and st.probs.n:
                 self._release(st, out)
         return self._emit(out)
 

@@ -21,6 +21,17 @@ import numpy as np
 FOREST_FORMAT = "iotwatch-forest/1"
 
 
+def _compiled_kernel() -> Any:
+    """``_forest_kernel.forest_proba`` from the ahead-of-time module, or None (not built)."""
+    from iotwatch.flowmeter import _jit
+
+    if _jit.AOT is None or not hasattr(_jit.AOT, "forest_proba"):
+        return None
+    from iotwatch.monitor._forest_kernel import forest_proba
+
+    return forest_proba
+
+
 @dataclass
 class Forest:
     """Trees of one classifier, nodes of all trees in one table (children are global indices)."""
@@ -45,9 +56,22 @@ class Forest:
             x = (x - self.mean) / self.scale
         return x.astype(np.float32).astype(np.float64)
 
-    def predict_proba(self, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
-        """Class probabilities (rows: flows, columns: ``classes``). All (flow, tree) pairs
-        descend one level per step; pairs that reached a leaf drop out of the active set."""
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (rows: flows, columns: ``classes``): the compiled kernel when
+        the ahead-of-time module is built (``_forest_kernel``), else numpy (same values)."""
+        kernel = _compiled_kernel()
+        if kernel is None:
+            return self.predict_proba_numpy(x)
+        x = np.ascontiguousarray(self._prepare(x))
+        out = np.empty((len(x), len(self.classes)), np.float64)
+        kernel(x, self.roots, self.left, self.right, self.feature, self.threshold, self.proba,
+               out)  # fmt: skip
+        return out
+
+    def predict_proba_numpy(self, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        """``predict_proba`` in numpy: all (flow, tree) pairs descend one level per step; pairs
+        that reached a leaf drop out of the active set; per-tree frequencies summed in tree
+        order (as scikit-learn does), then divided by the number of trees."""
         x = self._prepare(x)
         n_trees = len(self.roots)
         out = np.empty((len(x), len(self.classes)), np.float64)
@@ -69,7 +93,11 @@ class Forest:
                 go_left = flat[base[active] + self.feature[nd]] <= self.threshold[nd]
                 nd = np.where(go_left, left, self.right[nd])
                 node[active] = nd
-            out[lo : lo + k] = self.proba[node].reshape(k, n_trees, -1).mean(axis=1)
+            leaves = self.proba[node].reshape(k, n_trees, -1)
+            total = leaves[:, 0].copy()
+            for t in range(1, n_trees):
+                total += leaves[:, t]
+            out[lo : lo + k] = total / n_trees
         return out
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -44,13 +44,17 @@ class Run:
     def captures(self, files: list[Path]) -> None:
         """Meter each capture in turn (own flow stream each; the devices carry over). A file
         that is not a capture, or is damaged, is an ``InputError`` once every file was read."""
+        from iotwatch.flowmeter.prefetch import _prefetch
         from iotwatch.flowmeter.stream import FlowStream
 
         n = self.monitor.n_packets
         for path in files:
             self.files.append(str(path))
-            for table in FlowStream.from_capture(path, self.config, self.inventory,
-                                                 stats=self.stats, ready_packets=n):  # fmt: skip
+            tables = FlowStream.from_capture(path, self.config, self.inventory, stats=self.stats,
+                                             ready_packets=n)  # fmt: skip
+            # the meter runs in a thread of its own, a table or two ahead of the judge (its
+            # kernels release the GIL): metering and judging overlap on two cores, same tables
+            for table in _prefetch(tables, depth=2):
                 self.monitor.judge(table)
         issues = self.stats.issues
         if issues:  # not a capture, or damaged: what could be read was monitored
