@@ -8,7 +8,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 # the flow meter's kernels and the monitor's forest, compiled ahead of time (iotwatch flows
 # and monitor then start without numba)
-KERNELS := $(addprefix src/iotwatch/flowmeter/,_decode.py _meter_kernels.py build_aot.py reader.py _jit.py engine.py flowtable.py reorder.py arrow_table.py) \
+KERNELS := $(addprefix src/iotwatch/flowmeter/,_decode.py _ring.py _meter_kernels.py build_aot.py reader.py _jit.py engine.py flowtable.py reorder.py arrow_table.py) \
 	src/iotwatch/monitor/_forest_kernel.py src/iotwatch/monitor/forest.py
 KERNELS_STAMP := $(VENV)/.kernels
 # Stage commands in dvc.yaml call `iotwatch`: put the project's venv first on PATH.

@@ -111,3 +111,24 @@ def write_pcapng_two_ifaces(path: Path, packets: Sequence[tuple[int, Packet]]) -
         out.append(_block(6, body + data))
     path.write_bytes(b"".join(out))
     return path
+
+
+def tpacket3_block(
+    frames: Sequence[tuple[int, bytes] | tuple[int, bytes, int]], size: int = 1 << 16
+) -> tuple[bytearray, int, int]:
+    """A ``TPACKET_V3`` ring block holding ``frames`` as the kernel lays them out (host byte
+    order: block header, then per frame a ``tpacket3_hdr``, the frame at ``tp_mac``, each entry
+    16-byte aligned and chained by ``tp_next_offset``): (block, frames, first frame's offset)."""
+    block = bytearray(size)
+    first = pos = 48
+    for k, item in enumerate(frames):
+        ts, frame = item[0], item[1]
+        wire = item[2] if len(item) > 2 else len(frame)
+        mac = 82  # TPACKET_ALIGN(sizeof tpacket3_hdr + sockaddr_ll) + 2 (IP header aligned)
+        nxt = 0 if k == len(frames) - 1 else (mac + len(frame) + 15) // 16 * 16
+        struct.pack_into("=IIIIIIHH", block, pos, nxt, ts // 10**9, ts % 10**9, len(frame), wire,
+                         1, mac, mac + 14)  # fmt: skip
+        block[pos + mac : pos + mac + len(frame)] = frame
+        pos += nxt
+    struct.pack_into("=IIIII", block, 0, 3, 0, 1, len(frames), first)  # version, priv, status...
+    return block, len(frames), first

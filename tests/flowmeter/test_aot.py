@@ -1,4 +1,5 @@
-"""Ahead-of-time and JIT kernels: same signatures, same flow tables (and forest probabilities)."""
+"""Ahead-of-time and JIT kernels: same signatures, same flow tables (and a ring block's packets,
+the forest's probabilities)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import json, random, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from tests.flowmeter.handmade import (DEV_IP, DEV_MAC, SRV_IP, SRV6, DEV6, T0, connection, tcp,
-                                      udp, write_pcap, write_pcapng_two_ifaces)
+                                      tpacket3_block, udp, write_pcap, write_pcapng_two_ifaces)
 from iotwatch.flowmeter import _jit, load_profile, meter_captures
 from iotwatch.flowmeter.meter import FlowMeter
 from iotwatch.inventory import Device, Inventory
@@ -47,6 +48,13 @@ for profile in ("default", "nfstream"):
     meter_captures([a, b], cfg, inventory=inv).to_parquet(out / f"{profile}.parquet")
     meter_captures([a, b], cfg, out=out / f"{profile}-streamed.parquet")
     meter_captures([a], cfg, out=out / f"{profile}-one.parquet", threads=1)
+# a live capture's ring block (the monitor's live path)
+import numpy as np
+from iotwatch.flowmeter.frames import batch_from_tpacket3
+block, n, first = tpacket3_block([(round(float(p.time) * 1e9), bytes(p)) for p in pk[:50]],
+                                 size=1 << 17)
+ring = batch_from_tpacket3(np.frombuffer(block, np.uint8), n, first)
+np.save(out / "ring.npy", np.stack([ring.ts_ns, ring.ip_len, ring.sport.astype(np.int64)]))
 # the monitor's forest kernel (used by Forest only with the ahead-of-time module: here JIT too)
 import numpy as np
 import pandas as pd
@@ -70,8 +78,8 @@ assert np.array_equal(proba, pipe.predict_proba(pd.DataFrame(x_new, columns=cols
 np.save(out / "forest.npy", proba)
 sigs = {}
 if _jit.kind() == "jit":
-    from iotwatch.flowmeter import _decode, _meter_kernels
-    for mod in (_decode, _meter_kernels, _forest_kernel):
+    from iotwatch.flowmeter import _decode, _meter_kernels, _ring
+    for mod in (_decode, _meter_kernels, _ring, _forest_kernel):
         for name in mod.EXPORTS:
             sigs[name] = [str(s) for s in getattr(mod, name).nopython_signatures]
 print(json.dumps({"kind": _jit.kind(), "sigs": sigs}))
@@ -118,8 +126,8 @@ def test_aot_signatures_and_tables_match_jit(tmp_path: Path) -> None:
         assert pq.read_table(tmp_path / "aot" / name).equals(pq.read_table(tmp_path / "jit" / name))
     import numpy as np
 
-    forest = [np.load(tmp_path / kind / "forest.npy") for kind in ("aot", "jit")]
-    assert np.array_equal(*forest)
+    for name in ("forest.npy", "ring.npy"):
+        assert np.array_equal(*(np.load(tmp_path / kind / name) for kind in ("aot", "jit")))
 
 
 def test_bad_kernels_setting_is_a_clean_error(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Which compiled kernels the flow meter runs: ahead-of-time (built at setup) or numba JIT.
 
-The kernels (``_decode.walk``, the ``_meter_kernels`` functions and the monitor's
+The kernels (``_decode.walk``, ``_ring.tpacket3_records``, the ``_meter_kernels`` functions and
+the monitor's
 ``_forest_kernel.forest_proba``) are numba code. Run through
 numba's JIT, every process pays for importing numba and for its first dispatch (type and target
 registries) before the first packet: about 0.6 s, a third of metering a 2 M-packet capture.
@@ -28,7 +29,7 @@ from iotwatch.errors import ConfigError
 HERE = Path(__file__).resolve().parent
 # what the compiled module depends on: the kernels, the signatures the build declares, and the
 # modules that allocate the arrays the kernels are called with (their dtypes and layouts)
-SOURCES = ("_decode.py", "_meter_kernels.py", "build_aot.py", "reader.py", "engine.py",
+SOURCES = ("_decode.py", "_ring.py", "_meter_kernels.py", "build_aot.py", "reader.py", "engine.py",
            "flowtable.py", "reorder.py", "arrow_table.py",
            "../monitor/_forest_kernel.py", "../monitor/forest.py")  # fmt: skip
 

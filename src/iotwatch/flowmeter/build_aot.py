@@ -43,6 +43,8 @@ def signatures() -> dict[str, tuple[str, Any]]:
         "walk": ("iotwatch.flowmeter._decode", T.UniTuple(i64, 2)(
             a(u8, readonly=True), i64, i64, i64, i64, i64, i64, i64, i64, a(i64, 2),
             a(i64, 2), a(u64, 2), a(i32, 2), a(u16, 2), a(u8, 2), a(i64), a(i64))),
+        "tpacket3_records": ("iotwatch.flowmeter._ring", T.none(
+            a(u8), i64, i64, i64, a(u8), a(i64))),
         "meter_run": ("iotwatch.flowmeter._meter_kernels", i64(
             T.Tuple(columns), T.Tuple(columns), i64, a(i64), i64, i64, a(b1), a(i64), i64,
             *pool)),

@@ -8,12 +8,13 @@ skip reasons, same counters in ``ReadStats``).
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from iotwatch.flowmeter import reader as R
-from iotwatch.flowmeter.packets import PacketBatch, ReadStats
+from iotwatch.flowmeter.packets import PacketBatch, ReadIssue, ReadStats
 
 LINKTYPE_ETHERNET = 1
 _HEADER = struct.Struct("<IHHiIII")  # classic pcap global header
@@ -24,9 +25,10 @@ _MAGIC_NS = 0xA1B23C4D  # nanosecond timestamps
 class _BytesSource(R._Source):
     """The whole in-memory capture as the reader's byte window."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.buf = np.frombuffer(data, np.uint8)
+    def __init__(self, data: np.ndarray) -> None:
+        self.buf = data.view()
+        self.buf.flags.writeable = False  # the reader's kernel takes read-only bytes
+        self.data = self.buf  # type: ignore[assignment]
 
 
 def frames_to_pcap(
@@ -55,15 +57,56 @@ def batch_from_frames(
     1 = Ethernet) into one ``PacketBatch``; None when no frame is an IP packet the reader
     keeps. ``stats`` (optional) counts them like a capture's packets (``files`` excepted);
     frames longer than 262,144 bytes are reported there and end the batch early."""
-    stats = stats if stats is not None else ReadStats()
     if not frames:
         return None
-    src = _BytesSource(frames_to_pcap(frames, linktype))
+    data = np.frombuffer(frames_to_pcap(frames, linktype), np.uint8)
+    return _decode_pcap(data, len(frames), stats, name)
+
+
+def batch_from_tpacket3(
+    block: np.ndarray,
+    n: int,
+    first: int,
+    linktype: int = LINKTYPE_ETHERNET,
+    stats: ReadStats | None = None,
+    name: str = "<frames>",
+) -> PacketBatch | None:
+    """``batch_from_frames`` for the ``n`` frames of a ``TPACKET_V3`` ring block (uint8 array;
+    the first frame's header at ``first``): the block's frames become pcap records in one
+    compiled pass (``_ring.tpacket3_records``), with no Python object per frame. A damaged
+    block ends at the damage (reported in ``stats``)."""
+    from iotwatch.flowmeter import _ring
+
+    stats = stats if stats is not None else ReadStats()
+    if n <= 0:
+        return None
+    out = np.empty(_HEADER.size + len(block) + _RECORD.size * n, np.uint8)
+    out[: _HEADER.size] = np.frombuffer(
+        _HEADER.pack(_MAGIC_NS, 2, 4, 0, 0, R.MAX_RECORD, linktype), np.uint8
+    )
+    result = np.zeros(2, np.int64)
+    _ring.tpacket3_records(block, n, first, int(sys.byteorder == "big"), out[_HEADER.size :],
+                           result)  # fmt: skip
+    size, done = int(result[0]), int(result[1])
+    if done < n:
+        stats.issues.append(ReadIssue(name, first, f"ring block: {n - done} of {n} frames "
+                                      "unreadable (damaged block)"))  # fmt: skip
+    if not done:
+        return None
+    return _decode_pcap(out[: _HEADER.size + size], done, stats, name)
+
+
+def _decode_pcap(
+    data: np.ndarray, n_records: int, stats: ReadStats | None, name: str
+) -> PacketBatch | None:
+    """A nanosecond pcap in memory (``frames_to_pcap``'s layout) as one ``PacketBatch``."""
+    stats = stats if stats is not None else ReadStats()
+    src = _BytesSource(data)
     parser = R._PcapParser(name, stats, _HEADER.pack(_MAGIC_NS, 0, 0, 0, 0, 0, 0)[:4])
     pos = parser.start(src)
     batches = []
     while pos is not None:
-        chunk = R._Chunk(len(frames), len(src.buf) - pos)
+        chunk = R._Chunk(n_records, len(src.buf) - pos)
         pos, status = parser.walk(src, pos, chunk)
         if chunk.records:
             b = chunk.finish(parser, 0)

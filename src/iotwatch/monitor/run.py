@@ -72,16 +72,16 @@ class Run:
                             ready_packets=self.monitor.n_packets)  # fmt: skip
         self._stream = stream
         stream.stats = self.stats
-        cap = LiveCapture(interface)
+        cap = LiveCapture(interface, read_stats=self.stats)
         self.live_capture = cap
         log.info("listening on %s", interface)
         start = last = time.monotonic()
         try:
-            for frames in cap.batches():
+            for n, packets in cap.batches():
                 now = time.monotonic()
-                if frames:
+                if n:
                     last = now
-                    self.monitor.judge(stream.feed(frames))
+                    self.monitor.judge(stream.feed(packets))
                     self.monitor.judge(stream.ready())
                 else:
                     self.monitor.judge(stream.advance(time.time_ns()))
