@@ -53,7 +53,6 @@ BLOCK_SIZE = 1 << 22
 BLOCKS = 16
 RETIRE_MS = 10
 _BLOCK = struct.Struct("II")  # tpacket_hdr_v1 at 12: num_pkts, offset_to_first_pkt
-_PKT = struct.Struct("IIIIIIH")  # tpacket3_hdr: next, sec, nsec, snaplen, len, status, mac
 SNAPLEN = 65_535
 _TIMESPEC = struct.Struct("@qq")
 
