@@ -146,7 +146,7 @@ def test_ring_sums_and_history_equal_a_deque() -> None:
 def test_votes_are_whole_units_of_probability() -> None:
     st = DeviceState("k", None, "10.0.0.1", window=2, memory=3, n_classes=2)
     for p in (0.1, 0.7, 0.7, 0.7):
-        st.add_vote([p, 1 - p], [1.0, float("nan")])
+        st.add_votes(*DeviceState.vote_rows(np.array([p, 1 - p]), np.array([1.0, np.nan])))
     j, conf, fit = st.vote()
     assert (j, fit) == (0, 1.0)
     assert conf == 3 * round(0.7 * VOTE_UNITS) / (3 * VOTE_UNITS)

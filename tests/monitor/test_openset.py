@@ -179,7 +179,7 @@ def test_running_vote_equals_the_mean_of_the_last_flows() -> None:
     rows = rng.dirichlet(np.ones(3), 50)
     accepts = rng.random((50, 3)) < 0.5
     for p, a in zip(rows, accepts, strict=True):
-        st.add_vote(p.tolist(), [float(v) for v in a])
+        st.add_votes(*DeviceState.vote_rows(p, a.astype(float)))
     j, conf, fit = st.vote()
     mean = rows[-6:].mean(axis=0)
     assert j == int(np.argmax(mean))

@@ -1,10 +1,9 @@
 """Which compiled kernels the flow meter runs: ahead-of-time (built at setup) or numba JIT.
 
 The kernels (``_decode.walk``, ``_ring.tpacket3_records``, the ``_meter_kernels`` functions and
-the monitor's
-``_forest_kernel.forest_proba``) are numba code. Run through
-numba's JIT, every process pays for importing numba and for its first dispatch (type and target
-registries) before the first packet: about 0.6 s, a third of metering a 2 M-packet capture.
+the monitor's ``_forest_kernel.forest_proba``) are numba code. Run through numba's JIT, every
+process pays for importing numba and for its first dispatch (type and target registries) before
+the first packet: about 0.6 s, a third of metering a 2 M-packet capture.
 ``python -m iotwatch.flowmeter.build_aot`` (run by ``make setup``) compiles the same functions
 once, with numba's ahead-of-time compiler, into an extension module named after a hash of the
 kernel sources; importing it costs under a millisecond and numba is not imported at all.

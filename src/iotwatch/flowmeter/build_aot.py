@@ -39,21 +39,22 @@ def signatures() -> dict[str, tuple[str, Any]]:
             a(i64, 3))  # fmt: skip
     columns = (a(i64), a(i64), a(u8), a(u8), a(u64), a(u64), a(u64), a(u64), a(u16), a(u16),
                a(u8), a(i32), a(u64), a(u64), a(b1), a(i64))  # fmt: skip
+    meter = "iotwatch.flowmeter._meter_kernels"
     return {
         "walk": ("iotwatch.flowmeter._decode", T.UniTuple(i64, 2)(
             a(u8, readonly=True), i64, i64, i64, i64, i64, i64, i64, i64, a(i64, 2),
             a(i64, 2), a(u64, 2), a(i32, 2), a(u16, 2), a(u8, 2), a(i64), a(i64))),
         "tpacket3_records": ("iotwatch.flowmeter._ring", T.none(
             a(u8), i64, i64, i64, a(u8), a(i64))),
-        "meter_run": ("iotwatch.flowmeter._meter_kernels", i64(
+        "meter_run": (meter, i64(
             T.Tuple(columns), T.Tuple(columns), i64, a(i64), i64, i64, a(b1), a(i64), i64,
             *pool)),
-        "expire": ("iotwatch.flowmeter._meter_kernels", i64(i64, i64, b1, i64, *pool)),
-        "emit_slots": ("iotwatch.flowmeter._meter_kernels", i64(a(i64), i64, i64, i64, b1, *pool)),
-        "rehash": ("iotwatch.flowmeter._meter_kernels", T.none(a(i64), a(u64, 2), a(i64, 2), i64)),
-        "format_ips": ("iotwatch.flowmeter._meter_kernels", T.Tuple((a(i32), a(u8)))(a(u64), a(u64))),
-        "format_macs": ("iotwatch.flowmeter._meter_kernels", T.Tuple((a(i32), a(u8)))(a(u64))),
-        "gather_strings": ("iotwatch.flowmeter._meter_kernels", T.Tuple((a(i32), a(u8)))(
+        "expire": (meter, i64(i64, i64, b1, i64, *pool)),
+        "emit_slots": (meter, i64(a(i64), i64, i64, i64, b1, *pool)),
+        "rehash": (meter, T.none(a(i64), a(u64, 2), a(i64, 2), i64)),
+        "format_ips": (meter, T.Tuple((a(i32), a(u8)))(a(u64), a(u64))),
+        "format_macs": (meter, T.Tuple((a(i32), a(u8)))(a(u64))),
+        "gather_strings": (meter, T.Tuple((a(i32), a(u8)))(
             a(i32), a(u8, readonly=True), a(i64))),
         # the monitor's compiled forest (``iotwatch.monitor.forest``)
         "forest_proba": ("iotwatch.monitor._forest_kernel", T.none(

@@ -28,7 +28,7 @@ of a device already placed be judged together (``_known_batch``): their alerts, 
 after each of their flows computed at once with cumulative sums; when the vote stays on the
 device's type with enough confidence and fit after every flow (nearly always) the state is
 committed in one step, otherwise the device's flows go one by one. Both give the same alerts,
-counts and votes (``tests/monitor/test_monitor.py`` checks it against flow-by-flow judging).
+counts and votes (``tests/monitor/test_engine.py`` checks it against flow-by-flow judging).
 
 Memory is bounded by the devices seen: per device the last ``memory`` votes, at most
 ``window`` waiting flows and a timeline of fixed size (buckets merge when it grows).
@@ -103,14 +103,18 @@ class _Waiting:
 class _Ring:
     """The last ``cap`` rows pushed (int64, ``cols`` columns) and their column sums (exact)."""
 
-    __slots__ = ("buf", "cap", "n", "head", "sum")
+    __slots__ = ("buf", "cap", "n", "head")
 
     def __init__(self, cap: int, cols: int) -> None:
         self.buf = np.zeros((cap, cols), np.int64)
         self.cap = cap
         self.n = 0  # rows held
         self.head = 0  # slot of the oldest row
-        self.sum = np.zeros(cols, np.int64)
+
+    @property
+    def sum(self) -> np.ndarray:
+        """Column sums of the rows held (slots never written hold zeros)."""
+        return self.buf.sum(axis=0)
 
     def history(self) -> np.ndarray:
         """The rows held, oldest first."""
@@ -127,7 +131,6 @@ class _Ring:
         n = min(self.n + k, self.cap)
         self.head = (self.head + self.n + k - n) % self.cap
         self.n = n
-        self.sum = self.buf.sum(axis=0)  # slots never written hold zeros
 
     def sums_after(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Column sums and row counts after pushing each of ``rows`` in turn (nothing pushed)."""
@@ -176,12 +179,11 @@ class DeviceState:
         scored = ~np.isnan(a)
         return p, np.hstack([np.where(scored, a, 0.0).astype(np.int64), scored.astype(np.int64)])
 
-    def add_vote(self, probs: Any, accepts: Any) -> None:
-        """One flow's class probabilities (kept for ``memory`` flows) and its autoencoders'
-        verdicts (kept for ``window`` flows; nan where a type's model did not score it)."""
-        p, a = self.vote_rows(np.asarray(probs, float), np.asarray(accepts, float))
-        self.probs.push(p)
-        self.accepts.push(a)
+    def add_votes(self, vote_p: np.ndarray, vote_a: np.ndarray) -> None:
+        """Flows' vote rows and verdict rows (``vote_rows``, one row per flow, oldest first):
+        the votes are kept for ``memory`` flows, the verdicts for ``window`` flows."""
+        self.probs.push(vote_p)
+        self.accepts.push(vote_a)
 
     def vote(self) -> tuple[int, float, float]:
         """(winning class index, its mean probability, the share of the last ``window``
@@ -257,9 +259,15 @@ class Monitor:
         self.thresholds = np.array([d.threshold if d else np.inf for d in self.detectors])
         self.rule = bundle.open_set
         # the rule's bars per class (``OpenSetRule.passes``, for many votes at once)
-        self.conf_bars = np.array([self.rule.confidence.get(t, 1.0) for t in self.classes])
-        self.fit_bars = np.array([self.rule.fits.get(t, self.rule.fit) for t in self.classes])
+        self.conf_bars = np.array([self.rule.confidence_bar(t) for t in self.classes])
+        self.fit_bars = np.array([self.rule.fit_bar(t) for t in self.classes])
         self.batched = True  # False: every flow one by one (the reference the tests compare to)
+        # per class, the verdict row a placed device of that type keeps: scored by its own
+        # type's model only, and accepted (alerting flows do not vote)
+        c = len(self.classes)
+        self.own_verdict = np.zeros((c, 2 * c), np.int64)
+        self.own_verdict[np.arange(c), np.arange(c)] = 1
+        self.own_verdict[np.arange(c), c + np.arange(c)] = 1
         self.columns = bundle.feature_columns
         self.n_packets = bundle.n_packets
         self.local = LocalNetworks(local_networks or [])
@@ -357,23 +365,20 @@ class Monitor:
         s = scores[rows, j]
         if np.isnan(s).any():
             return False
-        alert = s > thr if math.isfinite(thr) else np.zeros(len(rows), bool)
+        alert = s > thr  # never above a type without a model (inf)
         voters = rows[~alert]
-        c = len(self.classes)
         conf = np.array([st.confidence])
         fit = np.array([st.fit])
         if len(voters):
             p = vote_p[voters]
-            a = np.zeros((len(voters), 2 * c), np.int64)
-            a[:, j] = a[:, c + j] = 1  # scored by its type, accepted
+            a = np.repeat(self.own_verdict[j][None], len(voters), axis=0)
             prob_sums, counts = st.probs.sums_after(p)
             accept_sums, _ = st.accepts.sums_after(a)
             best, conf, fit = votes(prob_sums, counts, accept_sums)
             if not ((best == j).all() and (conf >= self.conf_bars[j]).all()
                     and (fit >= self.fit_bars[j]).all()):  # fmt: skip
                 return False
-            st.probs.push(p)
-            st.accepts.push(a)
+            st.add_votes(p, a)
             conf = np.concatenate([[st.confidence], conf])
             st.confidence, st.fit = float(conf[-1]), float(fit[-1])
         n = len(rows)
@@ -382,10 +387,10 @@ class Monitor:
         self.flows_per_capture.update(capture[i] for i in rows)
         self.flows_per_type[t] += n
         st.flows += n
-        st.first_seen = min(st.first_seen, min(start[i] for i in rows))
+        ticks = [start[i] for i in rows]
+        st.first_seen = min(st.first_seen, min(ticks))
         st.last_seen = max(st.last_seen, max(end[i] for i in rows))
         st.ip = cols["dev_ip"][rows[-1]]
-        ticks = [start[i] for i in rows]
         alerted = np.flatnonzero(alert)
         if len(alerted):
             votes_before = np.cumsum(~alert) - ~alert  # voters before each of the flows
@@ -454,11 +459,8 @@ class Monitor:
             assert st.device_type is not None
             if self._score(st, st.device_type, flow, scores, x, out):
                 return  # an alert: not a vote
-            # only its type's verdict: accepted (whatever else this table scored it with)
-            j, c = self.index[st.device_type], len(self.classes)
-            vote_a[:] = 0
-            vote_a[j] = vote_a[c + j] = 1
-            self._vote(st, vote_p, vote_a)
+            # only its type's verdict (whatever else this table scored it with)
+            self._vote(st, vote_p, self.own_verdict[self.index[st.device_type]])
             return
         self._every_verdict(scores, x, vote_a)
         self._vote(st, vote_p, vote_a)
@@ -485,8 +487,7 @@ class Monitor:
             vote_a[c + j] = 1
 
     def _vote(self, st: DeviceState, vote_p: np.ndarray, vote_a: np.ndarray) -> None:
-        st.probs.push(vote_p[None])
-        st.accepts.push(vote_a[None])
+        st.add_votes(vote_p[None], vote_a[None])
         if st.status == "pending":
             return  # decided by _release, which also scores (or lets go) its waiting flows
         self._decide(st)
@@ -594,15 +595,9 @@ class Monitor:
         """Count flows and alerts (their start times) in the device's timeline buckets."""
         tl, w = st.timeline, self.bucket_s
         for t in flows:
-            b = int(t // w)
-            cell = tl.get(b)
-            if cell is None:
-                tl[b] = [1, 0]
-            else:
-                cell[0] += 1
+            tl.setdefault(int(t // w), [0, 0])[0] += 1
         for t in alerts:
-            cell = tl.setdefault(int(t // w), [0, 0])
-            cell[1] += 1
+            tl.setdefault(int(t // w), [0, 0])[1] += 1
         while len(st.timeline) > MAX_BUCKETS:
             self._coarser()
 

@@ -75,9 +75,17 @@ class OpenSetRule:
         best = classes[j]
         return (best if self.passes(best, conf, fit) else None), best, conf, fit
 
+    def confidence_bar(self, device_type: str) -> float:
+        """The confidence a vote for ``device_type`` needs (1 for a type without a bar)."""
+        return self.confidence.get(device_type, 1.0)
+
+    def fit_bar(self, device_type: str) -> float:
+        """The fit a vote for ``device_type`` needs (``fit`` for a type without its own)."""
+        return self.fits.get(device_type, self.fit)
+
     def passes(self, best: str, conf: float, fit: float) -> bool:
         """Whether a vote for ``best`` with this confidence and fit places the device."""
-        return conf >= self.confidence.get(best, 1.0) and fit >= self.fits.get(best, self.fit)
+        return conf >= self.confidence_bar(best) and fit >= self.fit_bar(best)
 
     def to_dict(self) -> dict[str, Any]:
         return {"window": self.window, "memory": self.memory, "confidence": dict(self.confidence), "fit": self.fit,
