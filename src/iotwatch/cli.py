@@ -10,6 +10,7 @@ Commands:
   ui                                                       start the MLflow UI on 127.0.0.1
   monitor SOURCE|--interface IF --model BUNDLE             device types and alerts (docs/monitor.md)
   export [--out DIR]                                       write the model bundle the monitor loads
+  watchset CAPTURE... --out FILE [--infect IP,MAC ...]     a watch capture with an infected device
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ui": ("iotwatch.ui", "start the MLflow UI on 127.0.0.1"),
     "monitor": ("iotwatch.monitor.cli", "watch captures or an interface: device types and alerts"),
     "export": ("iotwatch.bundle", "write the model bundle `iotwatch monitor` loads"),
+    "watchset": (
+        "iotwatch.watchset",
+        "build a watch capture: later days of a home, an attack host rewritten onto a device",
+    ),
 }
 
 
