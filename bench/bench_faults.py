@@ -20,6 +20,15 @@ protocols) or the nfstream one, as ``mutate.check`` judges it:
 
 The last line sums it up; the seeds of failures are printed to reproduce them
 (``mutate.mutate(seeds, seed)``).
+
+Then the sparse-capture timestamp cases (issue 21; ``--sparse-seeds 0`` skips them): in a
+hand-made sparse capture (minutes between packets) and, when ../shared is there, the real
+smart-home captures (../shared/data/real-homes/benign, read in place), 1, 2, 3 and 5 metered
+records among 12 at the start, middle and end are moved a year ahead, a day ahead or a year
+behind; each is metered (default profile) and compared with the unmutated capture's table:
+flows and packets lost (a flow of the unmutated table no longer there with the same key, times
+and counts), and how many of those are not the moved records' own flows (the loss the clock
+rule must not cause), beside crashes (``tests/flowmeter/sparse.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "flowmeter"))
 ORACLE = REPO.parent / "shared" / "data" / "nfstream-oracle" / "pcaps"
+HOMES = REPO.parent / "shared" / "data" / "real-homes" / "benign"
 
 
 def seed_captures(oracle: int) -> list[tuple[str, bytes]]:
@@ -110,6 +120,66 @@ class Worker:
             self.proc.kill()
 
 
+def sparse_cases(seeds: int) -> None:
+    """The sparse-capture timestamp cases: data loss against the unmutated capture."""
+    import numpy as np
+
+    sys.path.insert(0, str(REPO))
+    from tests.flowmeter.sparse import YEAR, loss, metered_records, move, pick, sparse_capture
+
+    from iotwatch.flowmeter import load_profile, meter_captures
+
+    moves = {"year ahead": YEAR, "day ahead": 86400, "year behind": -YEAR}
+    cfg = load_profile("default")
+    tot = Counter()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="iotwatch-sparse-") as d:
+        caps = [sparse_capture(Path(d) / "handmade-sparse.pcap")]
+        if HOMES.is_dir():
+            caps += sorted(HOMES.glob("*.pcap"))
+        for cap in caps:
+            base = meter_captures([cap], cfg)
+            offs, ports = metered_records(cap)
+            data = cap.read_bytes()
+            c = Counter()
+            for k in (1, 2, 3, 5):
+                for where in ("start", "middle", "end"):
+                    for seed in range(seeds):
+                        rows = pick(len(offs), k, where, np.random.default_rng(seed * 100 + k))
+                        own = {(int(min(p)), int(max(p))) for p in ports[rows]}
+                        for seconds in moves.values():
+                            m = Path(d) / "m.pcap"
+                            m.write_bytes(move(data, offs[rows].tolist(), seconds))
+                            c["cases"] += 1
+                            try:
+                                res = meter_captures([m], cfg)
+                            except Exception as exc:  # noqa: BLE001 - a crash is counted
+                                c["crashes"] += 1
+                                print(f"  crash: {cap.name} {rows} {seconds}: {exc}")
+                                continue
+                            lost = loss(base.table, res.table, own)
+                            for key, v in zip(("flows", "packets", "other_flows",
+                                               "other_packets"), lost, strict=True):  # fmt: skip
+                                c[key] += v
+                            c["worst_other"] = max(c["worst_other"], lost[2])
+                            c["silent"] += bool(lost[0]) and not res.stats.issues
+            print(
+                f"  {cap.name}: {base.rows} flows, {len(offs)} metered packets; {c['cases']} "
+                f"cases: lost {c['flows']} flows / {c['packets']} packets, of which not the "
+                f"moved records' own {c['other_flows']} / {c['other_packets']} (worst case "
+                f"{c['worst_other']} flows); silent {c['silent']}; crashes {c['crashes']}"
+            )
+            worst = max(tot["worst_other"], c["worst_other"])
+            tot.update(c)
+            tot["worst_other"] = worst
+    print(
+        f"sparse timestamp cases: {tot['cases']} in {len(caps)} captures, crashes "
+        f"{tot['crashes']}; lost {tot['flows']} flows / {tot['packets']} packets, beyond the "
+        f"moved records' own flows {tot['other_flows']} flows / {tot['other_packets']} "
+        f"packets (worst case {tot['worst_other']}); {time.perf_counter() - t0:.0f} s"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mutations", type=int, default=10_000)
@@ -117,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds before a hang")
     ap.add_argument("--oracle", type=int, default=12, help="oracle captures among the inputs")
+    ap.add_argument("--sparse-seeds", type=int, default=2,
+                    help="picks per sparse timestamp case (0: skip them)")  # fmt: skip
     args = ap.parse_args(argv)
     named = seed_captures(args.oracle)
     seeds = [s for _, s in named]
@@ -165,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(inconsistent {counts['inconsistent']}); slowest {slowest[0]:.2f} s (seed "
         f"{slowest[1]}); {wall:.0f} s"
     )
+    if args.sparse_seeds > 0:
+        sparse_cases(args.sparse_seeds)
     return 0
 
 

@@ -216,7 +216,7 @@ def test_clock_rule_cases() -> None:
     t = base.copy()
     t[[10, 11, 30]] += far  # a run of two and one alone, ahead
     t[20] -= far  # behind
-    n, rows, vals = decide(t, 0, True, J)
+    n, rows, vals, _ = decide(t, 0, True, J)
     assert n == 40 and rows.tolist() == [10, 11, 20, 30]
     assert vals.tolist() == [base[9], base[9], base[19], base[29]]
     t = base.copy()

@@ -7,22 +7,28 @@ every later packet to that future time: a few bad records would spoil the rest o
 silently. The guard sits in front of the reorder window and decides, per metered packet in
 file order, from the packets around it only (so the chunk size never changes the decision):
 
-- a *break* is a timestamp more than ``jump`` (``jump_ns``) away from the previous packet's;
-- **outlier run** (mid-capture): a break at packet ``a`` followed, within ``run`` packets, by
-  a packet back within ``jump`` of packet ``a - 1`` (the *anchor*): packets ``a..e-1`` (at
-  most ``run``) are outliers, metered at the anchor's time. A break with no return within
-  ``run`` packets is a genuine jump (an NTP step, a pause in the capture): the clock follows it.
-  Time that only moves forward never makes outliers (the return would have to go back).
-- **start**: the first ``e <= run`` packets are outliers when all are more than ``jump`` *ahead*
-  of packet ``e`` and the ``run`` packets after ``e`` stay within ``jump`` of it (a capture
-  cannot start later than its own trend); they are metered at packet ``e``'s time.
-- **end**: the last packets (at most ``run``) after a break are outliers when all are more than
-  ``jump`` *behind* the anchor; a forward jump at the very end cannot be told from a capture
-  that resumed after a pause and is kept (nothing after it can be clamped to it).
+- the *trend's newest time* (``top``) is the latest timestamp of the packets before that were
+  no outliers (what the reorder window's clock follows); a *break* is a packet more than
+  ``jump`` (``jump_ns``) from it;
+- **outlier run** (mid-capture): a break at packet ``a`` followed, within ``run`` packets, by a
+  *return* ``e``: a packet back within ``jump`` of ``top`` (dense traffic) or, however long
+  after it (sparse traffic: minutes between packets), less than half as far from ``top`` as
+  every packet of ``a..e-1`` (time went back towards the trend, which time that only moves
+  forward never does); *confirmed* when at least half of the ``run`` packets after ``e`` are
+  near ``top`` by the same test (else the trend so far, not the run, is the odd one out).
+  Packets ``a..e-1`` are outliers, metered at ``top``. A break with no confirmed return is a
+  genuine jump (an NTP step, a pause): the clock follows it forward; behind, it is late.
+- **start**: the first ``e <= run`` packets are outliers when all are more than ``jump``
+  *ahead* of packet ``e`` and at least half the ``2 * run`` packets after ``e`` are near it
+  (a capture cannot start later than its own trend); they are metered at packet ``e``'s time.
+  Leading packets *behind* the rest are kept (time that only moves forward).
+- **end**: the last packets (at most ``run``) after a break with no return are outliers when
+  all are more than ``jump`` *behind* ``top``; a forward jump at the very end cannot be told
+  from a capture that resumed after a pause and is kept (nothing after it can be clamped to it).
 
-A decision needs up to ``run`` packets of lookahead (``2 * run + 1`` at the capture's start), so
-the guard holds back at most that many packets when a chunk ends right after a break, and only
-then; everything else passes through without a copy. Outliers are counted and reported as issues
+A decision needs up to ``2 * run`` packets of lookahead (``3 * run + 1`` at the capture's
+start), so the guard holds back at most that many packets when a chunk ends right after a
+break, and only then; everything else passes through without a copy. Outliers are counted and reported as issues
 (file, byte offset) by the caller (``FlowMeter.clock_issues``); docs/flows.md has the rule.
 """
 
@@ -33,7 +39,7 @@ from collections.abc import Iterator
 import numpy as np
 
 CLOCK_JUMP_S = 60.0  # a timestamp this far (s) from its neighbours' breaks the trend (at least)
-CLOCK_RUN = 4  # the longest run of consecutive outliers recognised as such
+CLOCK_RUN = 8  # the longest run of consecutive outliers recognised as such (was 4)
 MAX_REPORTED = 20  # outliers reported one by one per capture; the rest are counted
 
 Columns = tuple[np.ndarray, ...]
@@ -44,84 +50,139 @@ def jump_ns(reorder_window_s: float) -> int:
     return int(round(max(CLOCK_JUMP_S, 2.0 * reorder_window_s) * 1e9))
 
 
+def _returns(dist: np.ndarray, back: np.ndarray, runmin: np.ndarray, jump: int) -> np.ndarray:
+    """Which packets are back on the trend of an anchor: ``dist`` their distance to it,
+    ``back`` how far they are behind it, ``runmin`` the smallest distance of the run before them.
+
+    Back within ``jump`` of the anchor (dense traffic), or, however long after it (sparse
+    traffic), not more than ``jump`` behind it and less than half as far from it as every packet
+    of the run: time went back towards the anchor, which time that only moves forward never does.
+    """
+    return (dist <= jump) | ((back <= jump) & (2 * dist < runmin))
+
+
 def _start_rule(s: np.ndarray, final: bool, jump: int, run: int) -> int | None:
-    """Leading outliers of a capture: their count ``e`` (0: none), or None when undecided."""
+    """Leading outliers of a capture: their count ``e`` (0: none), or None when undecided.
+
+    The first ``e <= run`` packets are outliers when all are more than ``jump`` ahead of packet
+    ``e`` and most of the ``2 * run`` packets after ``e`` are on ``e``'s trend (``_returns``
+    with ``e`` as the anchor: a few more outliers among them do not hide it).
+    """
     n = len(s)
     if n < 2:
         return 0 if final else None
+    conf_n = 2 * run
     for e in range(1, run + 1):
         if e >= n:
             return 0 if final else None  # a later packet could still be the anchor
-        if not bool(np.all(s[:e] - s[e] > jump)):
+        ahead = s[:e] - s[e]
+        if not bool(np.all(ahead > jump)):
             continue
-        conf = s[e + 1 : e + 1 + run]
-        if not bool(np.all(np.abs(conf - s[e]) <= jump)):
-            continue
-        if len(conf) < run and not final:
-            return None  # confirmed so far, but the confirmation is not complete
-        return e
+        conf = s[e + 1 : e + 1 + conf_n]
+        if len(conf) < conf_n and not final:
+            return None  # the confirmation is not complete
+        d = conf - s[e]
+        ok = _returns(np.abs(d), -d, np.full(len(d), int(ahead.min())), jump)
+        if 2 * int(ok.sum()) >= len(conf):
+            return e
     return 0
 
 
 def decide(
-    s: np.ndarray, first: int, final: bool, jump: int, run: int = CLOCK_RUN
-) -> tuple[int, np.ndarray, np.ndarray]:
+    s: np.ndarray, first: int, final: bool, jump: int, run: int = CLOCK_RUN,
+    top: int | None = None,
+) -> tuple[int, np.ndarray, np.ndarray, int | None]:  # fmt: skip
     """Apply the rule to timestamps ``s`` (original, metered packets in file order).
 
     ``s[:first]`` are decided packets (``first`` is 0 at the capture's start, else 1: the
-    previous packet, the anchor of a break at ``s[1]``). Returns ``(decided, rows, values)``:
-    the packets ``s[first:decided]`` are decided (the rest must wait for more packets), and
-    the outliers among them are ``rows`` (indices into ``s``), metered at ``values``.
+    previous packet) and ``top`` the trend's newest time so far (the latest timestamp of the
+    decided packets that were no outliers). Returns ``(decided, rows, values, top)``: the
+    packets ``s[first:decided]`` are decided (the rest must wait for more packets), the
+    outliers among them are ``rows`` (indices into ``s``), metered at ``values``, and ``top``
+    is the trend's newest time after them.
     """
     n = len(s)
     rows: list[np.ndarray] = []
     vals: list[np.ndarray] = []
-    scan = first  # breaks are looked for at positions >= scan (each needs s[scan - 1])
+    empty = np.zeros(0, np.int64)
+    pos = first  # the first packet not decided yet
     if first == 0:
+        if n == 0:
+            return 0, empty, empty, top
         e = _start_rule(s, final, jump, run)
         if e is None:
-            return 0, np.zeros(0, np.int64), np.zeros(0, np.int64)
+            return 0, empty, empty, top
         if e:
             rows.append(np.arange(e, dtype=np.int64))
             vals.append(np.full(e, s[e], np.int64))
-        scan = e + 1
+        top, pos = int(s[e]), e + 1
+    assert top is not None
     decided = n
-    if scan < n:
-        d = s[scan:] - s[scan - 1 : -1]
-        breaks = scan + np.flatnonzero((d > jump) | (d < -jump))
-        # the first return of each break, all at once: a packet of the next ``run`` within
-        # ``jump`` of the anchor (the packet before the break)
-        look = breaks[:, None] + 1 + np.arange(run)
+    while pos < n:
+        # the trend's newest time before each packet, as if no packet from pos on were an
+        # outlier (recomputed after each run found: an outlier never raises it)
+        t = np.maximum.accumulate(np.concatenate([np.array([top], np.int64), s[pos : n - 1]]))
+        far = pos + np.flatnonzero(np.abs(s[pos:] - t) > jump)
+        if not len(far):
+            top, pos = max(top, int(s[pos:].max())), n
+            break
+        # each break's candidate returns, all at once (``_returns``: back near the trend)
+        look = far[:, None] + 1 + np.arange(run)
         valid = look < n
-        near = valid & (np.abs(s[np.minimum(look, n - 1)] - s[breaks - 1][:, None]) <= jump)
-        has = near.any(axis=1)
+        ref = t[far - pos][:, None]
+        d = s[np.minimum(look, n - 1)] - ref
+        runmin = np.minimum.accumulate(np.abs(s[np.minimum(look - 1, n - 1)] - ref), axis=1)
+        near = valid & _returns(np.abs(d), -np.abs(d), runmin, jump)
         # only breaks with a return, or too close to the end to tell, need a decision here;
-        # the others are genuine jumps
-        todo = np.flatnonzero(has | ~valid[:, -1]) if len(breaks) else breaks
-        covered = -1  # the last packet of an accepted run's return
+        # the others are genuine jumps (a step the trend follows, or a late packet)
+        todo = np.flatnonzero(near.any(axis=1) | ~valid[:, -1])
+        nxt = n  # where to go on from
         for j in todo.tolist():
-            a = int(breaks[j])
-            if a <= covered:
-                continue  # inside an outlier run, or its return
-            anchor = int(s[a - 1])
-            if has[j]:
-                e = a + 1 + int(np.argmax(near[j]))
+            a = int(far[j])
+            r = int(t[a - pos])
+            e = wait = 0
+            for k in np.flatnonzero(near[j]).tolist():
+                # confirmed: at least half the ``run`` packets after the return are near the
+                # trend too (else the trend so far, not the run, is the odd one out)
+                c = a + 2 + k
+                conf = s[c : c + run]
+                if len(conf) < run and not final:
+                    wait = 1
+                    break
+                dc = np.abs(conf - r)
+                ok = _returns(dc, -dc, np.full(len(dc), runmin[j, k]), jump)
+                if 2 * int(ok.sum()) >= len(conf):
+                    e = c - 1
+                    break
+            if e:
                 rows.append(np.arange(a, e, dtype=np.int64))
-                vals.append(np.full(e - a, anchor, np.int64))
-                covered = e
-                continue
-            if not final:
-                decided = a  # wait for the packets that decide it
+                vals.append(np.full(e - a, r, np.int64))
+                top = max(r, int(s[pos:a].max())) if a > pos else r
+                top, nxt = max(top, int(s[e])), e + 1
                 break
-            if bool(np.all(s[a:] < anchor - jump)):  # the end rule: behind the trend
+            if wait or (not final and not valid[j, -1]):
+                decided = nxt = a  # wait for the packets that decide it
+                if a > pos:
+                    top = max(top, int(s[pos:a].max()))
+                break
+            if final and not valid[j, -1] and bool(np.all(s[a:] < r - jump)):
+                # the end rule: the last packets, all behind the trend
                 rows.append(np.arange(a, n, dtype=np.int64))
-                vals.append(np.full(n - a, anchor, np.int64))
+                vals.append(np.full(n - a, r, np.int64))
+                if a > pos:
+                    top = max(top, int(s[pos:a].max()))
+                decided, nxt = n, n
                 break
+        else:
+            top = max(top, int(s[pos:].max()))
+        if nxt == n or decided < n:
+            break
+        pos = nxt
     if rows:
-        r, v = np.concatenate(rows), np.concatenate(vals)
-        keep = r < decided
-        return decided, r[keep], v[keep]
-    return decided, np.zeros(0, np.int64), np.zeros(0, np.int64)
+        rr, v = np.concatenate(rows), np.concatenate(vals)
+        keep = rr < decided
+        return decided, rr[keep], v[keep], top
+    return decided, empty, empty, top
 
 
 class ClockGuard:
@@ -136,6 +197,7 @@ class ClockGuard:
         self.jump = int(jump)
         self.run = int(run)
         self.prev: int | None = None  # original timestamp of the last decided packet
+        self.top: int | None = None  # the trend's newest time (decided packets, no outliers)
         self.held: Columns = ()  # undecided packets (metered rows only, copies)
         self.held_off = np.zeros(0, np.int64)
         self.count = 0  # outliers found
@@ -159,10 +221,11 @@ class ClockGuard:
         held-back ones; yield the ``(columns, idx)`` to meter now, in order."""
         ts = c[0] if idx is None else c[0][idx]
         nheld = self.pending()
-        if not nheld and self.prev is not None and len(ts):
+        if not nheld and self.top is not None and len(ts):
             lo, hi = int(ts.min()), int(ts.max())
-            if max(hi, self.prev) - min(lo, self.prev) <= self.jump:  # no break: as it is
-                self.prev = int(ts[-1])
+            # every packet within ``jump`` of the trend's newest time before it: as it is
+            if max(hi, self.top) - min(lo, self.top) <= self.jump:
+                self.prev, self.top = int(ts[-1]), max(self.top, hi)
                 yield c, idx
                 return
         if not nheld and not len(ts):
@@ -172,13 +235,13 @@ class ClockGuard:
             [self.held[0]] if nheld else []
         )
         s = np.concatenate([*parts, ts]) if parts else ts
-        decided, rows, vals = decide(s, first, final, self.jump, self.run)
+        decided, rows, vals, top = decide(s, first, final, self.jump, self.run, self.top)
         base = first + nheld  # index in s of the chunk's first metered packet
         if nheld and decided < base:  # the held-back packets are still undecided: hold on
             self._hold(c, idx, offsets, 0, keep_old=True)
             return
         if decided > first:
-            self.prev = int(s[decided - 1])
+            self.prev, self.top = int(s[decided - 1]), top
         if nheld:  # the held-back packets, all decided now
             mine = rows < base
             held, self.held = self.held, ()
