@@ -91,6 +91,19 @@ def flows_per_type(table: pa.Table | None) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def training_period(table: pa.Table, days: float) -> tuple[pa.Table, dict[str, Any]]:
+    """The flows that start within ``days`` of the first one (the rest is the watch period)."""
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return table, {"train_days": days}
+    first = pc.min(table.column("start")).as_py()
+    until = first + days * 86_400.0
+    keep = table.filter(pc.less(table.column("start"), until))
+    return keep, {"train_days": days, "train_from": first, "train_until": until,
+                  "flows_after_training": table.num_rows - keep.num_rows}  # fmt: skip
+
+
 def run(cfg: FlowConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     """Flows stage: the dataset's benign and malicious captures -> paths.flows(_malicious)."""
     from iotwatch.flowmeter.schema import flow_schema, write_parquet
@@ -103,6 +116,9 @@ def run(cfg: FlowConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     benign, m_benign = meter_dataset(dataset.captures, dataset, cfg, required=True)
     if benign is None:
         benign = flow_schema(cfg.n_packets).empty_table()
+    training: dict[str, Any] = {}
+    if dataset.train_days is not None:
+        benign, training = training_period(benign, dataset.train_days)
     malicious, m_mal = (None, {"files": 0})
     if dataset.malicious is not None:
         malicious, m_mal = meter_dataset(dataset.malicious, dataset, cfg, required=False)
@@ -113,7 +129,7 @@ def run(cfg: FlowConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     packets = m_benign.get("packets_read", 0) + m_mal.get("packets_read", 0)
     metrics = {
-        "benign": {**m_benign, "flows_per_device_type": flows_per_type(benign)},
+        "benign": {**m_benign, "flows_per_device_type": flows_per_type(benign), **training},
         "malicious": {**m_mal, "flows_per_device_type": flows_per_type(malicious)},
         "seconds": round(seconds, 3),
         "packets_per_s": round(packets / seconds, 1) if seconds > 0 else 0.0,

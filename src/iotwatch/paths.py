@@ -31,7 +31,32 @@ class PathsConfig:
     anomaly_models: Path
     anomaly_plots: Path
     anomaly_curves: Path
+    watch_data: Path
+    watch_plots: Path
     report: Path
+
+
+@dataclass
+class WatchInfection:
+    """An attack capture's infected host rewritten onto one of the home's devices
+    (``iotwatch watchset``): what the watch period is known to be infected with."""
+
+    device: str  # the infected device: its inventory name
+    attack: Path  # the attack capture (an infected host's traffic, recorded anywhere)
+    host: str  # the infected host's IPv4 address in that capture
+    label: str  # attack type written to the ground truth
+    after_days: float  # the attack's first packet, in days after the watch period starts
+
+
+@dataclass
+class WatchConfig:
+    """The deployment evaluation: the monitor trained on the first ``train_days`` watches the
+    rest (the watch stage; ``reports/metrics/watch.json``)."""
+
+    captures: Path  # captures watched (their packets after the training period)
+    extra: Path | None  # attack captures merged in as they are (e.g. the synthetic home's)
+    attacks: Path | None  # ground-truth CSV of ``extra`` (features' ground-truth format)
+    infection: WatchInfection | None = None
 
 
 @dataclass
@@ -56,3 +81,15 @@ class DatasetConfig:
     # CIDRs of the monitored network (which side of a flow is the device): the one home of
     # this setting; the flows stage hands it to the flow meter (FlowConfig.local_networks).
     local_networks: list[str]
+    # Days of traffic (from the captures' first packet) the pipeline trains on; the rest is the
+    # watch period (null: every flow trains).
+    train_days: float | None
+    # The deployment evaluation over the days after training (null: none; the watch stage
+    # then writes an empty report).
+    watch: WatchConfig | None
+
+    def __post_init__(self) -> None:
+        if self.train_days is not None and not self.train_days > 0:
+            raise ValueError(f"train_days must be > 0, got {self.train_days}")
+        if self.watch is not None and self.train_days is None:
+            raise ValueError("watch needs train_days (the watch period is what follows it)")

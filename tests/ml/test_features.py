@@ -150,7 +150,7 @@ def _dataset(ground_truth: Path | None = None, hosts: Path | None = None) -> Dat
     return DatasetConfig(
         name="test", generate=[], captures=Path("captures"), malicious=None,
         inventory=Path("inventory.csv"), inventory_format="csv", ground_truth=ground_truth,
-        malicious_hosts=hosts, local_networks=[], device_types=[],
+        malicious_hosts=hosts, local_networks=[], device_types=[], train_days=None, watch=None,
     )  # fmt: skip
 
 
