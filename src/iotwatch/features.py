@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 
 # Columns of a feature table that are not features (the classifier uses every other column).
 LABEL = "label"
-META_COLUMNS = ("label", "device_type", "device_id", "capture_time", "capture", "flow_id")
+# The service a flow uses (step 2's service profiles): carried along, never a model feature.
+SERVICE_COLUMNS = ("proto", "dev_port", "peer_port")
+META_COLUMNS = (
+    "label", "device_type", "device_id", "capture_time", "capture", "flow_id", *SERVICE_COLUMNS,
+)  # fmt: skip
 MALICIOUS_EXTRA = ("attack_type", "gt_device_type", "gt_device_name")
 # The ground-truth CSV's columns (read here; iotwatch.synth writes them): one row per attack
 # connection or time window, matched to flows by protocol, endpoints and overlapping time.
@@ -62,6 +66,9 @@ class FeaturesConfig:
     # and the share of them (per attack type) in validation; the rest is test.
     anomaly_malicious: Literal["device", "all"] = "device"
     anomaly_validation_share: float = 0.5
+    # Attack flows per legitimate flow in each type's validation and test sets (sampled per
+    # attack type, seeded; the method's sets were 1:1); null = every attack flow.
+    anomaly_attack_ratio: float | None = 1.0
 
     def __post_init__(self) -> None:
         if self.n_packets < 2:
@@ -81,6 +88,10 @@ class FeaturesConfig:
             )
         if self.match_tolerance_s < 0:
             raise ValueError(f"match_tolerance_s must be >= 0, got {self.match_tolerance_s}")
+        if self.anomaly_attack_ratio is not None and not self.anomaly_attack_ratio > 0:
+            raise ValueError(
+                f"anomaly_attack_ratio must be > 0 (or null), got {self.anomaly_attack_ratio}"
+            )
         if not 0.0 < self.anomaly_validation_share < 1.0:
             raise ValueError(
                 f"anomaly_validation_share must be in (0, 1), got {self.anomaly_validation_share}"
@@ -147,6 +158,9 @@ def build_features(flows: pd.DataFrame, n_packets: int, label: str, source: str)
     out["capture_time"] = flows["start"].astype("float64")
     out["capture"] = flows["capture"].astype("string")
     out["flow_id"] = flows["flow_id"]
+    for c in SERVICE_COLUMNS:
+        if c in flows.columns:
+            out[c] = flows[c].astype("int32")
     return out.reset_index(drop=True)
 
 
@@ -364,6 +378,8 @@ def empty_malicious(n_packets: int) -> pd.DataFrame:
     cols["capture_time"] = pd.Series([], dtype="float64")
     cols["capture"] = pd.Series([], dtype="string")
     cols["flow_id"] = pd.Series([], dtype="int64")
+    for c in SERVICE_COLUMNS:
+        cols[c] = pd.Series([], dtype="int32")
     for c in MALICIOUS_EXTRA:
         cols[c] = pd.Series([], dtype="string")
     return pd.DataFrame(cols)
@@ -596,7 +612,7 @@ def write_anomaly_tables(
     ``iotwatch.anomaly.data``) for every type in ``device_types`` and in ``train``; counts."""
     import shutil
 
-    from iotwatch.anomaly.data import Tables, device_data, slice_frame
+    from iotwatch.anomaly.data import Tables, device_data, write_slice
 
     tables = Tables(train, validation, test, malicious, model_columns(train))
     if folder.exists():
@@ -610,7 +626,8 @@ def write_anomaly_tables(
             missing, tables.device_types(),
         )  # fmt: skip
     for device in sorted(set(device_types) | set(tables.device_types())):
-        d = device_data(tables, device, cfg.anomaly_malicious, cfg.anomaly_validation_share, seed)
-        _write(slice_frame(d), folder / f"{metric_key(device)}.parquet")
-        counts[metric_key(device)] = d.counts()
+        d = device_data(tables, device, cfg.anomaly_malicious, cfg.anomaly_validation_share,
+                        seed, cfg.anomaly_attack_ratio)  # fmt: skip
+        write_slice(d, folder / f"{metric_key(device)}.parquet")
+        counts[metric_key(device)] = {**d.counts(), "flows_per_device_day": d.flows_per_device_day}
     return counts

@@ -55,7 +55,11 @@ def feature_tables(per_class: int = 100, seed: int = 0) -> dict[str, pd.DataFram
 
 
 def write_tables(
-    paths: PathsConfig, split_seed: int = 7, malicious: str = "device", **kwargs: object
+    paths: PathsConfig,
+    split_seed: int = 7,
+    malicious: str = "device",
+    attack_ratio: float | None = None,
+    **kwargs: object,
 ) -> dict[str, pd.DataFrame]:
     """The feature tables and, as the features stage writes them, the per-device tables."""
     from iotwatch.features import FeaturesConfig, write_anomaly_tables
@@ -70,7 +74,7 @@ def write_tables(
         path.parent.mkdir(parents=True, exist_ok=True)
         tables[key].to_parquet(path, index=False)
     tables["train"].iloc[0:0].to_parquet(paths.features_devices, index=False)
-    cfg = FeaturesConfig(anomaly_malicious=malicious)  # type: ignore[arg-type]
+    cfg = FeaturesConfig(anomaly_malicious=malicious, anomaly_attack_ratio=attack_ratio)  # type: ignore[arg-type]
     write_anomaly_tables(
         tables["train"], tables["validation"], tables["test"], tables["malicious"], cfg, [],
         paths.anomaly_data, split_seed,

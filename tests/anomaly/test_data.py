@@ -86,3 +86,29 @@ def test_bad_per_device_table_is_input_error(tmp_path) -> None:
 def test_missing_table_is_input_error(tmp_path) -> None:
     with pytest.raises(InputError, match="train feature table not found"):
         load_tables(make_paths(tmp_path))
+
+
+def test_attack_ratio_keeps_one_attack_per_legitimate_flow_per_attack_type(tmp_path) -> None:
+    paths = make_paths(tmp_path)
+    write_tables(paths, malicious="all", attack_ratio=1.0)
+    full = device_data(load_tables(paths), "bulb", "all", 0.5, seed=7)
+    got = read_slice(paths.anomaly_data / "bulb.parquet", "bulb")
+    for split in ("validation", "test"):
+        attack = getattr(got, f"{split}_attack")
+        assert attack.sum() == min((~attack).sum(), getattr(full, f"{split}_attack").sum())
+        kinds = set(getattr(got, f"{split}_attack_type")[attack])
+        assert kinds == set(getattr(full, f"{split}_attack_type")[getattr(full, f"{split}_attack")])
+    # the service columns travel with the flows (never model features)
+    assert got.train_service is not None and got.train_service.shape == (len(got.train), 3)
+    assert "proto" not in got.columns and got.flows_per_device_day is not None
+
+
+def test_cap_per_type_is_proportional_and_exact() -> None:
+    from iotwatch.anomaly.data import cap_per_type
+
+    types = np.array(["a"] * 60 + ["b"] * 30 + ["c"] * 10, dtype=object)
+    idx = np.arange(100)
+    got = cap_per_type(idx, types, 10, np.random.default_rng(0))
+    assert len(got) == 10 and list(np.sort(got)) == list(got)
+    assert [int((types[got] == k).sum()) for k in "abc"] == [6, 3, 1]
+    assert len(cap_per_type(idx, types, 200, np.random.default_rng(0))) == 100

@@ -105,6 +105,8 @@ def make_paths(tmp_path: Path) -> PathsConfig:
         anomaly_models=tmp_path / "models/anomaly",
         anomaly_plots=tmp_path / "reports/anomaly",
         anomaly_curves=tmp_path / "reports/anomaly_curves",
+        watch_data=tmp_path / "interim/watch",
+        watch_plots=tmp_path / "reports/watch",
         report=tmp_path / "reports/report.md",
     )
 

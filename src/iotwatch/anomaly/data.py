@@ -65,6 +65,13 @@ class DeviceData:
     test: np.ndarray
     test_attack: np.ndarray
     test_attack_type: np.ndarray
+    # per split, each flow's service (proto, dev_port, peer_port; ``SERVICE_COLUMNS``): None in
+    # a table written before service profiles
+    train_service: np.ndarray | None = None
+    validation_service: np.ndarray | None = None
+    test_service: np.ndarray | None = None
+    # legitimate flows per device per day of this type's units (the alert budget's unit)
+    flows_per_device_day: float | None = None
 
     def counts(self) -> dict[str, int]:
         return {
@@ -123,6 +130,46 @@ def split_malicious(
     )
 
 
+def cap_per_type(
+    idx: np.ndarray, types: np.ndarray, n_max: int, rng: np.random.Generator
+) -> np.ndarray:
+    """At most ``n_max`` of the positions ``idx``, drawn per attack type in proportion to its
+    share (largest remainders; seeded), sorted: every attack type keeps its place."""
+    if len(idx) <= n_max:
+        return idx
+    kinds, counts = np.unique(types[idx].astype(str), return_counts=True)
+    exact = counts * n_max / len(idx)
+    take = np.floor(exact).astype(int)
+    for k in np.argsort(-(exact - take), kind="stable")[: n_max - int(take.sum())]:
+        take[k] += 1
+    out = [rng.choice(idx[types[idx].astype(str) == kind], t, replace=False)
+           for kind, t in zip(kinds, take, strict=True) if t]  # fmt: skip
+    return np.sort(np.concatenate(out)) if out else idx[:0]
+
+
+def flows_per_device_day(frames: list[pd.DataFrame]) -> float | None:
+    """Legitimate flows per device per day: the flows over the sum of each unit's span (first
+    to last flow start; at least one day per unit)."""
+    import pandas as pd
+
+    if "capture_time" not in frames[0].columns:
+        return None
+    f = pd.concat([x[["device_id", "capture_time"]] for x in frames], ignore_index=True)
+    if f.empty:
+        return None
+    span = f.groupby(f["device_id"].astype(str))["capture_time"].agg(lambda t: t.max() - t.min())
+    days = float(np.maximum(span.to_numpy(dtype=float) / 86_400.0, 1.0).sum())
+    return round(len(f) / days, 3)
+
+
+def _service(frame: pd.DataFrame) -> np.ndarray | None:
+    from iotwatch.features import SERVICE_COLUMNS
+
+    if not all(c in frame.columns for c in SERVICE_COLUMNS):
+        return None
+    return frame[list(SERVICE_COLUMNS)].to_numpy(dtype=np.int64)
+
+
 def _types(frame: pd.DataFrame) -> np.ndarray:
     return frame["attack_type"].astype("string").fillna("").astype(str).to_numpy(dtype=object)
 
@@ -133,8 +180,10 @@ def device_data(
     malicious: Literal["device", "all"],
     validation_share: float,
     seed: int,
+    attack_ratio: float | None = None,
 ) -> DeviceData:
-    """The per-device splits of ``device`` (see the module docstring)."""
+    """The per-device splits of ``device`` (see the module docstring); with ``attack_ratio``
+    each of validation and test keeps at most that many attack flows per legitimate flow."""
     from iotwatch.features import LABEL
 
     cols = tables.columns
@@ -149,8 +198,14 @@ def device_data(
     mal = mal.reset_index(drop=True)
     mal_types = _types(mal)
     vi, ti = split_malicious(mal_types, validation_share, seed)
+    if attack_ratio is not None:
+        rng = np.random.default_rng([seed, 7])
+        vi = cap_per_type(
+            vi, mal_types, int(round(attack_ratio * len(legit(tables.validation)))), rng
+        )
+        ti = cap_per_type(ti, mal_types, int(round(attack_ratio * len(legit(tables.test)))), rng)
 
-    def join(legit_part: pd.DataFrame, idx: np.ndarray) -> tuple[Any, Any, Any]:
+    def join(legit_part: pd.DataFrame, idx: np.ndarray) -> tuple[Any, Any, Any, Any]:
         x = np.concatenate(
             [
                 legit_part[cols].to_numpy(dtype="float64"),
@@ -159,20 +214,28 @@ def device_data(
         )
         attack = np.concatenate([np.zeros(len(legit_part), bool), np.ones(len(idx), bool)])
         types = np.concatenate([np.full(len(legit_part), "", dtype=object), mal_types[idx]])
-        return x, attack, types
+        a, b = _service(legit_part), _service(mal.iloc[idx])
+        svc = None if a is None or b is None else np.concatenate([a, b]).reshape(-1, 3)
+        return x, attack, types, svc
 
-    va, va_att, va_types = join(legit(tables.validation), vi)
-    te, te_att, te_types = join(legit(tables.test), ti)
+    va, va_att, va_types, va_svc = join(legit(tables.validation), vi)
+    te, te_att, te_types, te_svc = join(legit(tables.test), ti)
+    train = legit(tables.train)
+    parts = [legit(tables.train), legit(tables.validation), legit(tables.test)]
     return DeviceData(
         device=device,
         columns=list(cols),
-        train=legit(tables.train)[cols].to_numpy(dtype="float64"),
+        train=train[cols].to_numpy(dtype="float64"),
         validation=va,
         validation_attack=va_att,
         validation_attack_type=va_types,
         test=te,
         test_attack=te_att,
         test_attack_type=te_types,
+        train_service=_service(train),
+        validation_service=va_svc,
+        test_service=te_svc,
+        flows_per_device_day=flows_per_device_day(parts),
     )
 
 
@@ -182,26 +245,53 @@ ATTACK_TYPE = "attack_type"  # '' for legitimate flows
 DEVICE_TYPE = "device_type"
 
 
+FLOWS_PER_DAY_KEY = b"iotwatch.flows_per_device_day"  # the table's metadata
+
+
 def slice_frame(d: DeviceData) -> pd.DataFrame:
-    """One device type's data as a table: features, split, attack, attack_type, device_type."""
+    """One device type's data as a table: features, split, attack, attack_type, device_type
+    and (when known) each flow's service columns."""
     import pandas as pd
 
+    from iotwatch.features import SERVICE_COLUMNS
+
     parts = [
-        ("train", d.train, np.zeros(len(d.train), bool), np.full(len(d.train), "", object)),
-        ("validation", d.validation, d.validation_attack, d.validation_attack_type),
-        ("test", d.test, d.test_attack, d.test_attack_type),
-    ]
+        ("train", d.train, np.zeros(len(d.train), bool), np.full(len(d.train), "", object),
+         d.train_service),
+        ("validation", d.validation, d.validation_attack, d.validation_attack_type,
+         d.validation_service),
+        ("test", d.test, d.test_attack, d.test_attack_type, d.test_service),
+    ]  # fmt: skip
+    with_service = all(p[4] is not None for p in parts)
     frames = []
-    for name, x, attack, types in parts:
+    for name, x, attack, types, svc in parts:
         f = pd.DataFrame(np.asarray(x, dtype="float64").reshape(len(x), len(d.columns)),
                          columns=d.columns)  # fmt: skip
         f[SPLIT] = pd.array([name] * len(x), dtype="string")
         f[ATTACK] = np.asarray(attack, dtype=bool)
         f[ATTACK_TYPE] = pd.array([str(t) for t in types], dtype="string")
+        if with_service:
+            for k, c in enumerate(SERVICE_COLUMNS):
+                f[c] = np.asarray(svc, dtype=np.int64).reshape(-1, 3)[:, k].astype(np.int32)
         frames.append(f)
     out = pd.concat(frames, ignore_index=True)
     out[DEVICE_TYPE] = pd.array([d.device] * len(out), dtype="string")
     return out
+
+
+def write_slice(d: DeviceData, path: Path) -> None:
+    """``slice_frame(d)`` as Parquet, its flows per device-day in the file's metadata."""
+    import pyarrow as pa
+
+    from iotwatch.flowmeter.schema import write_parquet
+
+    table = pa.Table.from_pandas(slice_frame(d), preserve_index=False)
+    if d.flows_per_device_day is not None:
+        meta = {**(table.schema.metadata or {}),
+                FLOWS_PER_DAY_KEY: str(d.flows_per_device_day).encode()}  # fmt: skip
+        table = table.replace_schema_metadata(meta)
+    write_parquet(table, path)
+    log.info("wrote %s (%d rows)", path, table.num_rows)
 
 
 def read_slice(path: Path | str, device: str) -> DeviceData:
@@ -210,26 +300,37 @@ def read_slice(path: Path | str, device: str) -> DeviceData:
 
     path = Path(path)
     frame = read_table(path, f"anomaly table of device type {device!r} (features stage)")
+    from iotwatch.features import SERVICE_COLUMNS
+
     meta = (SPLIT, ATTACK, ATTACK_TYPE, DEVICE_TYPE)
     missing = [c for c in meta if c not in frame.columns]
     if missing:
         raise InputError(f"{path}: missing column(s) {missing} (written by the features stage?)")
-    cols = [c for c in frame.columns if c not in meta]
+    cols = [c for c in frame.columns if c not in (*meta, *SERVICE_COLUMNS)]
+    svc = _service(frame)
+    try:
+        import pyarrow.parquet as pq
+
+        raw = (pq.read_schema(path).metadata or {}).get(FLOWS_PER_DAY_KEY)
+        per_day = float(raw) if raw is not None else None
+    except (OSError, ValueError):
+        per_day = None
     split = frame[SPLIT].astype(str).to_numpy()
     attack = frame[ATTACK].to_numpy(dtype=bool)
     types = frame[ATTACK_TYPE].astype("string").fillna("").astype(str).to_numpy(dtype=object)
     x = frame[cols].to_numpy(dtype="float64")
 
-    def part(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def part(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         m = split == name
-        return x[m], attack[m], types[m]
+        return x[m], attack[m], types[m], (None if svc is None else svc[m])
 
-    tr, tr_att, _ = part("train")
+    tr, tr_att, _, tr_svc = part("train")
     if tr_att.any():
         raise InputError(f"{path}: attack flows in the train split (train is legitimate only)")
-    va, va_att, va_types = part("validation")
-    te, te_att, te_types = part("test")
-    return DeviceData(device, cols, tr, va, va_att, va_types, te, te_att, te_types)
+    va, va_att, va_types, va_svc = part("validation")
+    te, te_att, te_types, te_svc = part("test")
+    return DeviceData(device, cols, tr, va, va_att, va_types, te, te_att, te_types,
+                      tr_svc, va_svc, te_svc, per_day)  # fmt: skip
 
 
 def skip_reason(data: DeviceData, min_train_flows: int) -> str | None:
