@@ -578,7 +578,9 @@ def run(cfg: ClassifyConfig, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
         fitted[name] = (pipe, preds)
         child_runs[name] = msr
     # Best by VALIDATION accuracy; ties keep the config's order (max returns the first maximum).
-    best = max(results, key=lambda n: results[n]["validation"]["accuracy"])
+    # the monitor votes with class probabilities: a model without them (SVC) is reported, not kept
+    eligible = [n for n in results if hasattr(fitted[n][0], "predict_proba")] or list(results)
+    best = max(eligible, key=lambda n: results[n]["validation"]["accuracy"])
     pipe, preds = fitted[best]
     write_confusion_csv(y_test, preds["test"], plots / "confusion.csv")
     save_classifier(ClassifierBundle(pipe, labels, cols, best), Path(paths.classifier))

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from iotwatch.anomaly.members import MemberSpec
     from iotwatch.anomaly.model import SparseAutoencoder, TrainSettings
     from iotwatch.anomaly.scaling import FeatureScaler
+    from iotwatch.anomaly.services import ServiceProfile
     from iotwatch.context import StageContext
     from iotwatch.tracking import StageRun
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 SKIPPED = "skipped"  # key of anomaly.json listing the devices that were not modelled
 THRESHOLD_FORMAT = "iotwatch-anomaly-threshold/1"
+SERVICES_FILE = "services.json"  # a type's service profile (absent: none)
 
 
 @dataclass
@@ -99,6 +101,13 @@ class AnomalyConfig:
     # Thresholds.
     threshold_placement: Literal["smallest", "midpoint"] = "smallest"
     target_fpr: float = 0.01
+    # The detector the monitor runs: a service profile beside the autoencoder (flows outside
+    # it are alerts of their own kind) and its threshold rule: ``budget`` holds legitimate
+    # validation flows to alert_budget false alerts per device-day, ``best_f1`` is the method's
+    services: bool = True
+    spread_ports: int = 8
+    threshold_rule: Literal["budget", "best_f1"] = "budget"
+    alert_budget: float = 1.0
     # Outputs.
     plots: bool = True
     baselines: dict[str, BaselineConfig] = field(default_factory=_default_baselines)
@@ -129,6 +138,10 @@ class AnomalyConfig:
             raise ValueError(f"order_confidence must be in [0, 1], got {self.order_confidence}")
         if self.order_resamples < 1:
             raise ValueError(f"order_resamples must be >= 1, got {self.order_resamples}")
+        if self.alert_budget <= 0:
+            raise ValueError(f"alert_budget must be > 0, got {self.alert_budget}")
+        if self.spread_ports < 2:
+            raise ValueError(f"spread_ports must be >= 2, got {self.spread_ports}")
         if self.min_train_flows < 2:
             raise ValueError(f"min_train_flows must be >= 2, got {self.min_train_flows}")
         unknown = sorted(set(self.baselines) - set(BASELINES))
@@ -219,12 +232,83 @@ def _both_rules(
     return m
 
 
+OUTSIDE = 1e300  # the detector's score of a flow outside its type's service profile
+
+
+def detector_scores(ae: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """The detector's score: the autoencoder's inside the service profile, ``OUTSIDE`` out."""
+    import numpy as np
+
+    return np.where(inside, ae, OUTSIDE)
+
+
+def budget_fpr(cfg: AnomalyConfig, d: DeviceData) -> float:
+    """The false-alarm rate that spends ``alert_budget`` alerts per device-day on this type's
+    legitimate traffic (``target_fpr`` when its flows per device-day are unknown)."""
+    if not d.flows_per_device_day:
+        return cfg.target_fpr
+    return min(cfg.alert_budget / d.flows_per_device_day, 0.5)
+
+
+def evaluate_detector(
+    cfg: AnomalyConfig,
+    d: DeviceData,
+    val_s: np.ndarray,
+    test_s: np.ndarray,
+    profile: ServiceProfile | None,
+) -> dict[str, Any]:
+    """The full detector on the same splits: service profile (when on) and the threshold of
+    ``cfg.threshold_rule``, chosen on validation; both rules' test figures beside it."""
+    import numpy as np
+
+    from iotwatch.anomaly.threshold import best_f1_threshold, evaluate, fpr_threshold
+
+    def inside(svc: np.ndarray | None, n: int) -> np.ndarray:
+        return np.ones(n, bool) if profile is None or svc is None else profile.contains(svc)
+
+    in_val = inside(d.validation_service, len(val_s))
+    in_test = inside(d.test_service, len(test_s))
+    val_d, test_d = detector_scores(val_s, in_val), detector_scores(test_s, in_test)
+    legit_in = val_s[~d.validation_attack & in_val]
+    target = budget_fpr(cfg, d)
+    budget = fpr_threshold(legit_in if len(legit_in) else val_s[~d.validation_attack], target)
+    rules = {"budget": budget}
+    if d.validation_attack.any():
+        rules["best_f1"] = best_f1_threshold(val_d, d.validation_attack, cfg.threshold_placement)
+        # a budget caps false alerts: it never lowers the method's threshold (best F1 on the
+        # autoencoder's scores; the monitor's vote accepts a flow below the threshold)
+        method = best_f1_threshold(val_s, d.validation_attack, cfg.threshold_placement)
+        rules["budget"] = max(budget, method)
+    rule = cfg.threshold_rule if cfg.threshold_rule in rules else "budget"
+    thr = rules[rule]
+    out = evaluate(test_d, d.test_attack, thr, d.test_attack_type)
+    out["rule"] = rule
+    out["services"] = profile is not None
+    out["budget_fpr"] = target
+    out["flows_per_device_day"] = d.flows_per_device_day
+    out["validation"] = evaluate(val_d, d.validation_attack, thr, d.validation_attack_type)
+    out["rules"] = {}
+    for name, t in rules.items():
+        e = evaluate(test_d, d.test_attack, t)
+        out["rules"][name] = {k: e[k] for k in ("threshold", "recall", "fpr", "f1")}
+    out["outside_profile"] = {
+        "validation_legit": int((~in_val & ~d.validation_attack).sum()),
+        "validation_attack": int((~in_val & d.validation_attack).sum()),
+        "test_legit": int((~in_test & ~d.test_attack).sum()),
+        "test_attack": int((~in_test & d.test_attack).sum()),
+    }
+    if profile is not None:
+        out["profile"] = profile.listing()[:20]
+    return out
+
+
 def mlflow_metrics(m: dict[str, Any]) -> dict[str, Any]:
     """A device's metrics as its MLflow run shows them: test figures under ``test/``, validation
     under ``val/`` (each baseline's the same way under ``baselines/<name>/``), timings as is."""
 
     def split(d: dict[str, Any]) -> dict[str, Any]:
-        test = {k: v for k, v in d.items() if k not in ("validation", "baselines", "flows")}
+        test = {k: v for k, v in d.items()
+                if k not in ("validation", "baselines", "flows", "detector")}  # fmt: skip
         out: dict[str, Any] = {"test": test, "val": d.get("validation", {})}
         for k in ("train_seconds", "fit_seconds", "epochs", "best_epoch", "best_val_loss"):
             if k in test:
@@ -234,6 +318,9 @@ def mlflow_metrics(m: dict[str, Any]) -> dict[str, Any]:
     out = split(m)
     out["flows"] = m.get("flows", {})
     out["baselines"] = {name: split(b) for name, b in m.get("baselines", {}).items()}
+    if "detector" in m:
+        det = {k: v for k, v in m["detector"].items() if k not in ("profile",)}
+        out["detector"] = split(det)
     return out
 
 
@@ -264,6 +351,7 @@ def save_device(
     specs: list[MemberSpec],
     hparams: dict[str, Any],
     thresholds: dict[str, Any],
+    profile: ServiceProfile | None = None,
 ) -> None:
     """Per member (``iotwatch.anomaly.members``: the first one's files have the plain names):
     ``state_dict.pt`` (weights only, for torch), ``weights.safetensors`` (the same weights for the
@@ -285,6 +373,11 @@ def save_device(
         write_arrays(state, folder / spec.file("weights"), {"format": "iotwatch-autoencoder/1"})
         scaler.save(folder / spec.file("scaler"))
     (folder / "threshold.json").write_text(json.dumps(thresholds, indent=2) + "\n")
+    services = folder / SERVICES_FILE
+    if profile is not None:
+        services.write_text(json.dumps(profile.to_dict(), indent=1) + "\n")
+    else:
+        services.unlink(missing_ok=True)
     meta = {"hparams": hparams, "columns": members[0][1].columns,
             "members": [s.to_dict() for s in specs], "combine": COMBINE}  # fmt: skip
     (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -309,6 +402,7 @@ class DeviceDetector:
     specs: list[MemberSpec]
     threshold: float
     fpr_threshold: float
+    profile: ServiceProfile | None = None
 
     @property
     def scaler(self) -> FeatureScaler:
@@ -340,7 +434,17 @@ def load_device(folder: Path | str) -> DeviceDetector:
     specs = folder_specs(folder, meta)
     members = [(load_weights(folder / s.file("state_dict"), **meta["hparams"]),
                 FeatureScaler.load(folder / s.file("scaler"))) for s in specs]  # fmt: skip
-    return DeviceDetector(members, specs, float(thr["threshold"]), float(thr["fpr_threshold"]))
+    profile = None
+    if (folder / SERVICES_FILE).is_file():
+        from iotwatch.anomaly.services import ServiceProfile
+
+        try:
+            profile = ServiceProfile.from_dict(json.loads((folder / SERVICES_FILE).read_text()),
+                                               str(folder / SERVICES_FILE))  # fmt: skip
+        except (OSError, json.JSONDecodeError, ValueError) as exc:
+            raise InputError(f"{folder / SERVICES_FILE}: {exc}") from None
+    return DeviceDetector(members, specs, float(thr["threshold"]), float(thr["fpr_threshold"]),
+                          profile)  # fmt: skip
 
 
 CURVE_AXES = {"roc": ("fpr", "tpr"), "pr": ("recall", "precision")}
@@ -590,6 +694,12 @@ def run_device(
     )  # hidden/lr/sparsity_* are logged by Lightning's MLFlowLogger (the module's hparams)
     val_s, test_s = score_members(pairs, specs, d.validation), score_members(pairs, specs, d.test)
     m = _both_rules(d, val_s, test_s, cfg.target_fpr, cfg.threshold_placement)
+    profile = None
+    if cfg.services and d.train_service is not None:
+        from iotwatch.anomaly.services import ServiceProfile
+
+        profile = ServiceProfile(cfg.spread_ports).fit(d.train_service)
+    m["detector"] = evaluate_detector(cfg, d, val_s, test_s, profile)
     m["order"] = order
     if choice:
         m["order_choice"] = choice
@@ -613,9 +723,12 @@ def run_device(
         return what if len(members) == 1 else f"{t.order} {what}, {t.info['seconds']:.1f} s"
 
     runs = "; ".join(trained(t) for t in members)
+    det = m["detector"]
     print(
         f"anomaly {d.device}: trained in {info['seconds']:.2f} s ({runs}); "
-        f"test F1 {fmt(m['f1'])}, AUC {fmt(m['auc'])}",
+        f"test F1 {fmt(m['f1'])}, AUC {fmt(m['auc'])} (method); detector "
+        f"({'services + ' if det['services'] else ''}{det['rule']} threshold): recall "
+        f"{fmt(det['recall'])}, FPR {fmt(det['fpr'])}",
         flush=True,
     )
     m["baselines"], base_scores = run_baselines(cfg, d, xs, seed)
@@ -632,11 +745,15 @@ def run_device(
             "score": "mean squared reconstruction error of the scaled features"
             if len(members) == 1
             else COMBINE,
-            "threshold": m["threshold"],
-            "rule": m["threshold_rule"],
+            "threshold": m["detector"]["threshold"],
+            "rule": m["detector"]["rule"],
+            "services": m["detector"]["services"],
+            "budget_fpr": m["detector"]["budget_fpr"],
+            "best_f1_threshold": m["threshold"],
             "fpr_threshold": m["fpr_rule"]["threshold"],
             "target_fpr": cfg.target_fpr,
         },
+        profile,
     )
     import pandas as pd
 
@@ -650,7 +767,10 @@ def run_device(
             {"autoencoder": test_s, **base_scores},
             test_s[~d.test_attack],
             test_s[d.test_attack],
-            {"best-F1": m["threshold"], f"FPR {cfg.target_fpr:g}": m["fpr_rule"]["threshold"]},
+            {
+                "best-F1": m["threshold"],
+                f"{m['detector']['rule']} (detector)": m["detector"]["threshold"],
+            },  # fmt: skip
             plots_dir / key,
             curves=folder,
         )
@@ -659,6 +779,8 @@ def run_device(
     msr.log_metrics(mlflow_metrics(m))
     for name in (*member_files(specs, ["scaler"]), "threshold.json", "model.json"):
         msr.log_artifact(folder / name, "model")
+    if profile is not None:
+        msr.log_artifact(folder / SERVICES_FILE, "model")
     return m
 
 
