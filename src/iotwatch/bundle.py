@@ -17,10 +17,12 @@ from the skops file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -50,6 +52,7 @@ FOREST = "classifier_forest.safetensors"
 PACKAGES = ("numpy", "scikit-learn", "skops", "torch", "pyarrow", "numba")
 # The numpy autoencoder must give the anomaly stage's scores (float32 arithmetic either way).
 SCORE_RTOL = 1e-4
+SERVICES_FILE = "services.json"  # a device type's service profile (iotwatch.anomaly.services)
 
 
 def sha256(path: Path) -> str:
@@ -133,6 +136,7 @@ def _load_detector(folder: Path, device: str, listed: set[str] | None = None) ->
     manifest lists (and ``read_manifest`` checked), which every file it reads must be."""
     from iotwatch.anomaly.members import folder_specs, member_files
     from iotwatch.anomaly.scaling import FeatureScaler
+    from iotwatch.anomaly.services import ServiceProfile
     from iotwatch.arrays import read_arrays
     from iotwatch.monitor.autoencoder import Detector
 
@@ -148,8 +152,18 @@ def _load_detector(folder: Path, device: str, listed: set[str] | None = None) ->
                 raise InputError(f"{folder}: {unlisted[0]} is not in the bundle's manifest")
         parts = [(FeatureScaler.load(folder / s.file("scaler")), read_arrays(folder / s.file("weights"))[0])
                  for s in specs]  # fmt: skip
-        return Detector.from_members(device, parts, specs, meta["hparams"]["output"],
-                                     thr["threshold"], thr["fpr_threshold"])  # fmt: skip
+        det = Detector.from_members(device, parts, specs, meta["hparams"]["output"],
+                                    thr["threshold"], thr["fpr_threshold"])  # fmt: skip
+        services = folder / SERVICES_FILE
+        if services.is_file():  # a bundle from before service profiles has none
+            if listed is not None and SERVICES_FILE not in listed:
+                raise InputError(f"{folder}: {SERVICES_FILE} is not in the bundle's manifest")
+            det.profile = ServiceProfile.from_dict(
+                json.loads(services.read_text(encoding="utf-8")), str(services)
+            )
+        if not math.isfinite(det.threshold):
+            raise InputError(f"{folder}/threshold.json: threshold is not a finite number")
+        return det
     except InputError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -286,6 +300,35 @@ class ExportInputs:
     local_networks: list[str]
 
 
+def _unmodelled_reasons(
+    models: Path, classes: list[str], devices: dict[str, Any]
+) -> dict[str, str]:
+    """Why each recognised type has no behaviour model (the step-2 stage's ``skipped``)."""
+    out = {}
+    for t in classes:
+        if t in devices:
+            continue
+        reason = "no behaviour model (not in dataset.device_types)"
+        f = Path(models) / _device_key(t) / "metrics.json"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            reason = json.loads(f.read_text(encoding="utf-8"))["skipped"]["reason"]
+        out[t] = f"not modelled: {reason}"
+    return out
+
+
+def _alert_budget(models: Path, devices: dict[str, Any]) -> float | None:
+    """False alerts per device-day the detectors' thresholds were set for (None: no budget)."""
+    budgets = set()
+    for t in devices:
+        try:
+            m = json.loads((Path(models) / _device_key(t) / "metrics.json").read_text("utf-8"))
+            if m["detector"]["rule"] == "budget":
+                budgets.add(m["detector"]["budget_fpr"] * m["detector"]["flows_per_device_day"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return round(max(budgets), 6) if budgets else None
+
+
 def _metrics(metrics_dir: Path | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if metrics_dir is None:
@@ -339,8 +382,11 @@ def _convert_device(src: Path, dst: Path) -> dict[str, Any]:
         shutil.copyfile(src / spec.file("scaler"), dst / spec.file("scaler"))
     for name in ("threshold.json", "model.json"):
         shutil.copyfile(src / name, dst / name)
+    if (src / SERVICES_FILE).is_file():
+        shutil.copyfile(src / SERVICES_FILE, dst / SERVICES_FILE)
     return {"threshold": float(thr["threshold"]), "fpr_threshold": float(thr["fpr_threshold"]),
-            "rule": thr.get("rule"), "output": meta["hparams"]["output"],
+            "rule": thr.get("rule"), "services": (src / SERVICES_FILE).is_file(),
+            "output": meta["hparams"]["output"],
             "hidden": int(meta["hparams"]["hidden"]),
             "members": [s.order for s in specs]}  # fmt: skip
 
@@ -427,6 +473,9 @@ def write_bundle(inputs: ExportInputs, out: Path | str) -> dict[str, Any]:
                 raise InputError(f"{src}: numpy scores differ from torch's by {checks[device]:.2g}")
             devices[device] = {"folder": rel, **info}
         # The classifier as compiled trees when it is a tree model, checked equal to skops.
+        if not hasattr(cb.model, "predict_proba"):
+            raise InputError(f"{inputs.classifier}: {cb.name} gives no class probabilities, "
+                             "which the monitor's vote needs (run the classify stage again)")  # fmt: skip
         probs = np.asarray(cb.model.predict_proba(val[cb.feature_columns]), np.float64)
         classes = [str(c) for c in cb.model.classes_]
         forest = compile_pipeline(cb.model)
@@ -471,6 +520,8 @@ def write_bundle(inputs: ExportInputs, out: Path | str) -> dict[str, Any]:
             },  # fmt: skip
             "devices": devices,
             "unmodelled_types": [t for t in classes if t not in devices],
+            "unmodelled_reasons": _unmodelled_reasons(inputs.anomaly_models, classes, devices),
+            "alert_budget": _alert_budget(inputs.anomaly_models, devices),
             "open_set": {**rule.to_dict(), "calibration": stats},
             "training_data": _training_hash(inputs.training_tables),
             "metrics": _metrics(inputs.metrics_dir),

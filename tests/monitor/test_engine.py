@@ -74,7 +74,7 @@ class _Sink:
         self.alerts: list[dict[str, Any]] = []
 
     def write(self, alerts: list[dict[str, Any]]) -> None:
-        self.alerts.extend(alerts)
+        self.alerts.extend(a for a in alerts if a.get("kind") != "incident")
 
 
 def _judge(rows: list[dict[str, Any]], tables: list[int], batched: bool) -> tuple[Any, ...]:

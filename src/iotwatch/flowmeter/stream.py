@@ -97,6 +97,7 @@ class FlowStream:
         self.stats = ReadStats()  # what batch_from_frames saw (raw frames fed)
         self.emitted = 0  # finished flows handed out (the next one's flow_id)
         self._seen: list[np.ndarray] = [np.zeros(0, np.int64) for _ in self.meter.pools]
+        self._sighted: list[np.ndarray] = [np.zeros(0, np.int64) for _ in self.meter.pools]
         self._closed = False
 
     # -- feeding -----------------------------------------------------------------------------
@@ -163,6 +164,31 @@ class FlowStream:
         return self._concat(tables, self.schema.remove(self.schema.get_field_index(START_NS))
                             if self.start_ns else self.schema)  # fmt: skip
 
+    def sighted(self) -> pa.Table:
+        """The open flows not handed out by ``sighted`` before (each flow once, whatever its
+        packets so far): ``end_reason`` ``"new"``, ``flow_id`` -1. A live monitor judges a
+        flow's service at its first packets with it."""
+        self._check_open()
+        tables = []
+        for s, pool in enumerate(self.meter.pools):
+            pi = pool.pi
+            seen = self._sighted[s]
+            if len(seen) < len(pi):
+                seen = np.concatenate([seen, np.full(len(pi) - len(seen), -1, np.int64)])
+                self._sighted[s] = seen
+            hit = ((pi[:, K.I_MISC] & K.M_USED) != 0) & (seen != pi[:, K.I_SEQ0])
+            slots = np.flatnonzero(hit)
+            if len(slots):
+                seen[slots] = pi[slots, K.I_SEQ0]
+                t = self._open_table(self.meter.open_records(s, slots))
+                i = t.schema.get_field_index("end_reason")
+                t = t.set_column(
+                    i, t.schema.field(i), _str_take(["new"], np.zeros(len(t), np.int64))
+                )
+                tables.append(t)
+        return self._concat(tables, self.schema.remove(self.schema.get_field_index(START_NS))
+                            if self.start_ns else self.schema)  # fmt: skip
+
     def flush(self) -> pa.Table:
         """End of capture: meter the reorder window, end every open flow
         (``end_of_capture``); return the flows not handed out yet. The stream is closed."""
@@ -223,11 +249,13 @@ class FlowStream:
         reader: Reader | None = None,
         prefetch: bool = True,
         progress: Any = None,
+        sight: bool = False,
         **options: Any,
     ) -> Iterator[pa.Table]:
         """Meter a capture file incrementally: yield tables of flows as they are handed out
         (with ``ready_packets``, the ready flows too, as their own tables: ``end_reason``
-        ``"open"``), then the flows open at its end. ``options``: ``FlowStream``'s."""
+        ``"open"``; with ``sight``, after each chunk the flows seen first in it and still open:
+        ``"new"``), then the flows open at its end. ``options``: ``FlowStream``'s."""
         path = Path(path)
         options.setdefault("capture", path.name)
         stream = cls(config, inventory, **options)  # a bad setting raises before reading
@@ -239,6 +267,10 @@ class FlowStream:
                 batches = _prefetch(batches)
             for batch in batches:
                 yield from stream.parts(batch)
+                if sight:  # flows still open after this chunk, once (``sighted``)
+                    new = stream.sighted()
+                    if new.num_rows:
+                        yield new
                 if stream.ready_packets is not None:
                     early = stream.ready()
                     if early.num_rows:

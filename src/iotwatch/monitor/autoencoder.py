@@ -17,6 +17,7 @@ import numpy as np
 
 from iotwatch.anomaly.members import MemberSpec, combine
 from iotwatch.anomaly.scaling import FeatureScaler
+from iotwatch.anomaly.services import ServiceProfile
 
 WEIGHT_NAMES = ("encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias")
 
@@ -84,10 +85,17 @@ class Detector:
     specs: list[MemberSpec]
     threshold: float
     fpr_threshold: float
+    profile: ServiceProfile | None = None  # flows outside it are alerts (None: no profile)
 
     @property
     def scaler(self) -> FeatureScaler:
         return self.nets[0].scaler
+
+    def inside(self, svc: np.ndarray) -> np.ndarray:
+        """Per flow (rows proto, dev_port, peer_port): inside the type's service profile."""
+        if self.profile is None:
+            return np.ones(len(svc), bool)
+        return self.profile.contains(svc)
 
     @property
     def columns(self) -> list[str]:

@@ -24,6 +24,8 @@ from typing import IO, Any
 
 from iotwatch.errors import InputError, IotwatchError
 
+REPORT_ALERTS = 5_000  # alerts the HTML report lists at most (the alerts file has them all)
+
 
 class JsonlSink:
     """Alerts as JSON Lines, flushed after each batch so a reader (or a crash) sees them."""
@@ -39,11 +41,16 @@ class JsonlSink:
             except OSError as exc:
                 raise InputError(f"{path}: cannot write alerts ({exc.strerror or exc})") from None
         self.written = 0
+        self.kept: list[dict[str, Any]] = []  # the first alerts, for the HTML report
 
     def write(self, alerts: list[dict[str, Any]]) -> None:
         self.fh.write("".join(json.dumps(a, separators=(",", ":")) + "\n" for a in alerts))
         self.fh.flush()
-        self.written += len(alerts)
+        kept = [a for a in alerts if a.get("kind") != "incident"]
+        self.written += len(kept)
+        room = REPORT_ALERTS - len(self.kept)
+        if room > 0:
+            self.kept += kept[:room]
 
     def close(self) -> None:
         if self.path is not None:
@@ -142,7 +149,7 @@ def main(argv: list[str]) -> int:
     if args.report is not None:
         from iotwatch.monitor.report import write_report
 
-        write_report(args.report, monitor, summary)
+        write_report(args.report, monitor, summary, summary["incidents"], sink.kept)
     if not args.quiet:
         print(format_summary(summary), file=sys.stderr)
     if error is not None:
@@ -157,6 +164,10 @@ def format_summary(s: dict[str, Any]) -> str:
         f"monitor: {s['packets']} packets, {s['flows_seen']} flows in {s['seconds']:.2f} s "
         f"({s['packets'] / secs / 1e6:.2f} M packets/s, {s['flows_seen'] / secs:.0f} flows/s), "
         f"peak memory {s['peak_memory_mb']:.0f} MB" + (" [interrupted]" if s["interrupted"] else ""),
+        f"  incidents: {len(s['incidents'])}"
+        + "".join(f"\n    #{i['id']} {i['device']} ({i['device_type']}) {i['start_time']}: {i['why']}"
+                  for i in s["incidents"][:20])
+        + (f"\n    ... {len(s['incidents']) - 20} more" if len(s["incidents"]) > 20 else ""),
         f"  flows per device type: {s['flows_per_device_type']}",
         f"  alerts: {s['alerts']} {s['alerts_per_device_type']}",
         f"  unknown devices: {s['unknown_devices'] or 'none'}",
@@ -165,6 +176,7 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"  kernel: {s['kernel_packets']} packets, {s['kernel_drops']} dropped")
     for key, d in s["devices"].items():
         kind = d["device_type"] or f"unknown (nearest {d['vote']})"
+        alerts = f"{d['alerts']} alerts" if d.get("modelled", True) else d["note"]
         lines.append(f"  device {key} {d['ip']}: {kind}, confidence {d['confidence']:.2f}, "
-                     f"fit {d['fit']:.2f}, {d['flows']} flows, {d['alerts']} alerts")  # fmt: skip
+                     f"fit {d['fit']:.2f}, {d['flows']} flows, {alerts}")  # fmt: skip
     return "\n".join(lines)

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from iotwatch.monitor.incidents import IncidentRule, Incidents
 from iotwatch.monitor.orient import LocalNetworks, bool_array, responder_first
 
 if TYPE_CHECKING:
@@ -234,6 +235,17 @@ def _numpy(column: pa.ChunkedArray) -> np.ndarray:
     return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0, np.float64)
 
 
+def _flow_key(info: dict[str, Any]) -> tuple[Any, ...]:
+    """A flow's key whichever end the meter put first (``_first_sightings``' key)."""
+    a, b = (info["dev_ip"], info["dev_port"]), (info["peer_ip"], info["peer_port"])
+    return (min(a, b), max(a, b), info["proto"], info["vlan"], info["start"])
+
+
+def _service(info: dict[str, Any], dev_port: str = "dev_port") -> np.ndarray:
+    """A flow's (proto, dev_port, peer_port) row, from its row dict or its alert."""
+    return np.array([[info["proto"], info[dev_port], info["peer_port"]]], np.int64)
+
+
 def _iso(t: float) -> str | None:
     if not math.isfinite(t):
         return None
@@ -250,8 +262,10 @@ class Monitor:
         *,
         local_networks: list[str] | None = None,
         top_features: int = TOP_FEATURES,
+        incident_rule: IncidentRule | None = None,
     ) -> None:
         self.bundle = bundle
+        self.incidents = Incidents(incident_rule)
         self.sink = sink
         self.classes = bundle.classes
         self.index = {t: j for j, t in enumerate(self.classes)}
@@ -270,6 +284,16 @@ class Monitor:
         self.own_verdict[np.arange(c), c + np.arange(c)] = 1
         self.columns = bundle.feature_columns
         self.n_packets = bundle.n_packets
+        # when a flow's verdict could first be known (``detected_ts``): an idle end is only
+        # seen idle_timeout after the flow's last packet
+        profile = getattr(bundle, "flow_config", None)
+        self.idle_s = float(getattr(profile, "idle_timeout", 600.0))
+        self.active_s = float(getattr(profile, "active_timeout", 600.0))
+        manifest = getattr(bundle, "manifest", None) or {}
+        self.not_modelled: dict[str, str] = dict(manifest.get("unmodelled_reasons") or {})
+        self.profiles = any(getattr(d, "profile", None) is not None for d in self.detectors)
+        self._sighted_alerts: set[tuple[Any, ...]] = set()  # flows alerted at first sight
+        self.next_id = 1
         self.local = LocalNetworks(local_networks or [])
         self.top = top_features
         self.devices: dict[str, DeviceState] = {}
@@ -289,6 +313,9 @@ class Monitor:
         if table.num_rows == 0:
             return 0
         t0 = time.perf_counter()
+        reason = table.column("end_reason")
+        if self.profiles and reason.num_chunks and any(r == "new" for r in reason.to_pylist()):
+            return self._sighted(table)
         table = self._first_sightings(table)
         if table.num_rows == 0:
             return 0
@@ -325,7 +352,9 @@ class Monitor:
     def _scores(self, x: np.ndarray, groups: dict[str, list[int]]) -> np.ndarray:
         """Autoencoder scores (flows x classes): a flow of a device already placed as type T
         is scored by T's model only (nan elsewhere), others by every type's model (their
-        votes' fit needs them); inf under a type without a model."""
+        votes' fit needs them); inf under a type without a model. Service profiles are
+        applied where a placed device's flow is judged (``_known_batch``, ``_score``): they
+        make alerts, never votes."""
         c = len(self.classes)
         need = np.ones((len(x), c), bool)
         for key, rows in groups.items():
@@ -344,6 +373,13 @@ class Monitor:
             elif len(rows):
                 scores[rows, j] = det.score(x[rows])
         return scores
+
+    def _score_one(self, j: int, x: np.ndarray, info: dict[str, Any]) -> float:
+        """One flow's autoencoder score under type ``j`` (``_scores`` for a single flow)."""
+        det = self.detectors[j]
+        if det is None:
+            return math.inf
+        return float(det.score(x[None, :])[0])
 
     def _known_batch(
         self,
@@ -365,6 +401,11 @@ class Monitor:
         s = scores[rows, j]
         if np.isnan(s).any():
             return False
+        det = self.detectors[j]
+        if getattr(det, "profile", None) is not None:
+            svc = np.array([[cols["proto"][i], cols["dev_port"][i], cols["peer_port"][i]]
+                            for i in rows], np.int64).reshape(-1, 3)  # fmt: skip
+            s = np.where(det.inside(svc), s, np.inf)
         alert = s > thr  # never above a type without a model (inf)
         voters = rows[~alert]
         conf = np.array([st.confidence])
@@ -405,11 +446,50 @@ class Monitor:
         self._ticks(st, ticks, [start[int(rows[k])] for k in alerted])
         return True
 
+    def _sighted(self, table: pa.Table) -> int:
+        """Flows at their first packets (``FlowStream.sighted``): a flow of a placed device
+        using a service outside its type's profile is an alert now, and is not judged again;
+        the others wait for their judgement."""
+        t0 = time.perf_counter()
+        table = responder_first(table, self.local, self.n_packets)
+        cols = {c: table.column(c).to_pylist() for c in (
+            "dev_mac", "dev_ip", "dev_port", "peer_mac", "peer_ip", "peer_port", "proto",
+            "vlan", "start", "end", "packets", "bytes", "end_reason", "capture")}  # fmt: skip
+        out = _Alerts()
+        for i, (mac, ip) in enumerate(zip(cols["dev_mac"], cols["dev_ip"], strict=True)):
+            if cols["end_reason"][i] != "new":
+                continue
+            st = self.devices.get(mac or f"ip:{ip}")
+            if st is None or st.status != "known" or st.device_type is None:
+                continue
+            j = self.index[st.device_type]
+            det = self.detectors[j]
+            info = _Flow(cols, i).info()
+            if det is None or det.profile is None or det.inside(_service(info))[0]:
+                continue
+            self._sighted_alerts.add(_flow_key(info))
+            self.flows_seen += 1
+            self.flows_per_capture[info["capture"]] += 1
+            self.flows_per_type[st.device_type] += 1
+            st.flows += 1
+            st.alerts += 1
+            self.alerts += 1
+            self.alerts_per_type[st.device_type] += 1
+            self._ticks(st, [info["start"]], [info["start"]])
+            thr = float(self.thresholds[j])
+            out.pos = i
+            out.add(i, j, self._alert(st, st.device_type, ip, st.confidence, info, math.inf, thr),
+                    np.zeros(len(self.columns)))  # fmt: skip
+        n = self._emit(out)
+        self.judge_seconds += time.perf_counter() - t0
+        return n
+
     def _first_sightings(self, table: pa.Table) -> pa.Table:
-        """Drop finished flows already judged while open; remember the open ones judged now."""
+        """Drop finished flows already judged while open (or alerted at first sight);
+        remember the open ones judged now."""
         reason = table.column("end_reason").to_pylist()
         is_open = [r == "open" for r in reason]
-        if not any(is_open) and not self._open:
+        if not any(is_open) and not self._open and not self._sighted_alerts:
             return table
         keys = zip(*(table.column(c).to_pylist() for c in
                      ("dev_ip", "dev_port", "peer_ip", "peer_port", "proto", "vlan", "start")),
@@ -418,6 +498,11 @@ class Monitor:
         for i, key in enumerate(keys):
             # the flow meter may put either end first; the key must not depend on it
             k = (min(key[:2], key[2:4]), max(key[:2], key[2:4]), *key[4:])
+            if k in self._sighted_alerts:
+                keep[i] = False
+                if not is_open[i]:
+                    self._sighted_alerts.discard(k)
+                continue
             if is_open[i]:
                 self._open.add(k)
             elif k in self._open:
@@ -462,7 +547,7 @@ class Monitor:
             # only its type's verdict (whatever else this table scored it with)
             self._vote(st, vote_p, self.own_verdict[self.index[st.device_type]])
             return
-        self._every_verdict(scores, x, vote_a)
+        self._every_verdict(scores, x, vote_a, flow)
         self._vote(st, vote_p, vote_a)
         if st.status == "pending":
             st.waiting.append(_Waiting(flow.info(), scores.copy(), x.copy()))  # not the batch
@@ -475,14 +560,17 @@ class Monitor:
         else:
             self.flows_per_type["unknown"] += 1
 
-    def _every_verdict(self, scores: np.ndarray, x: np.ndarray, vote_a: np.ndarray) -> None:
+    def _every_verdict(
+        self, scores: np.ndarray, x: np.ndarray, vote_a: np.ndarray, flow: _Flow
+    ) -> None:
         """A flow of a device not placed is scored by every type's model: those its table did
         not score it with (its device was placed then) are scored now, so a device's votes do
         not depend on how its flows were cut into tables."""
         c = len(self.classes)
-        for j in np.flatnonzero(np.isnan(scores)):
-            det = self.detectors[j]
-            scores[j] = det.score(x[None, :])[0] if det is not None else np.inf
+        missing = np.flatnonzero(np.isnan(scores))
+        info = flow.info() if len(missing) else {}
+        for j in missing:
+            scores[j] = self._score_one(int(j), x, info)
             vote_a[j] = int(scores[j] <= self.thresholds[j])
             vote_a[c + j] = 1
 
@@ -528,10 +616,16 @@ class Monitor:
         if not math.isfinite(thr):
             return False  # a type without a model: placed, not scored
         if scores[j] != scores[j]:  # placed since its batch was scored
-            det = self.detectors[j]
-            assert det is not None
-            scores[j] = det.score(x[None, :])[0]
-        if scores[j] <= thr:
+            scores[j] = self._score_one(j, x, {})
+        det = self.detectors[j]
+        score = float(scores[j])
+        if getattr(det, "profile", None) is not None:
+            c = flow.cols if isinstance(flow, _Flow) else None
+            row = ([[c["proto"][flow.i], c["dev_port"][flow.i], c["peer_port"][flow.i]]]
+                   if c is not None and isinstance(flow, _Flow) else _service(flow))  # fmt: skip
+            if not det.inside(np.asarray(row, np.int64))[0]:
+                score = math.inf  # a service outside the type's profile
+        if score <= thr:
             return False
         info = flow.info() if isinstance(flow, _Flow) else flow
         st.alerts += 1
@@ -539,11 +633,24 @@ class Monitor:
         self.alerts_per_type[device_type] += 1
         self._ticks(st, [], [info["start"]])
         out.add(out.pos, j, self._alert(st, device_type, st.ip, st.confidence, info,
-                                        float(scores[j]), thr), x)  # fmt: skip
+                                        score, thr), x)  # fmt: skip
         return True
 
-    @staticmethod
+    def detected(self, info: dict[str, Any]) -> float:
+        """When the flow's verdict could first be known, in capture time: an idle end only
+        idle_timeout after its last packet, an active cut at the packet past active_timeout,
+        otherwise the last packet counted (open, closed, a first sighting, end of capture)."""
+        reason, end = info["end_reason"], info["end"]
+        if reason == "new":
+            return info["start"]
+        if reason == "idle":
+            return end + self.idle_s
+        if reason == "active":
+            return max(end, info["start"] + self.active_s)
+        return end
+
     def _alert(
+        self,
         st: DeviceState,
         device_type: str,
         ip: str,
@@ -552,8 +659,10 @@ class Monitor:
         score: float,
         threshold: float,
     ) -> dict[str, Any]:
+        service = math.isinf(score)
         return {
-            "time": _iso(info["end"]), "ts": info["end"],
+            "time": _iso(info["end"]), "ts": info["end"], "detected_ts": self.detected(info),
+            "reason": "service" if service else "behaviour",
             "device_mac": st.mac, "device_ip": ip, "device_type": device_type,
             "confidence": round(confidence, 4),
             "proto": info["proto"], "device_port": info["dev_port"],
@@ -563,7 +672,7 @@ class Monitor:
             "packets": info["packets"], "bytes": info["bytes"],
             "judged": "early" if info["end_reason"] == "open" else info["end_reason"],
             "capture": info["capture"],
-            "score": score, "threshold": threshold,
+            "score": None if service else score, "threshold": threshold,
         }  # fmt: skip
 
     def _emit(self, out: _Alerts) -> int:
@@ -577,6 +686,12 @@ class Monitor:
             assert det is not None
             col = {c: k for k, c in enumerate(det.feature_names)}
             mine = [(a, x) for jj, a, x in found if jj == j]
+            for a, _ in mine:
+                if a["reason"] == "service" and getattr(det, "profile", None) is not None:
+                    a["why"] = det.profile.why(_service(a, "device_port"), a["device_type"])
+            mine = [(a, x) for a, x in mine if a["reason"] == "behaviour"]
+            if not mine:
+                continue
             xs = np.asarray([x for _, x in mine])
             tops = det.explain(xs, self.top)
             shown = det.model_view(xs)  # the values the names refer to (sorted groups sorted)
@@ -585,9 +700,18 @@ class Monitor:
                     {"feature": name, "share": round(share, 4), "value": float(v[col[name]])}
                     for name, share in top
                 ]
+                a["why"] = (f"unusual packet sizes/timing for {a['device_type']}: score "
+                            f"{a['score']:.3g} > threshold {a['threshold']:.3g} (mostly "
+                            f"{', '.join(name for name, _ in top)})")  # fmt: skip
         alerts = [a for _, a, _ in found]
+        lines: list[dict[str, Any]] = []  # an incident's record goes before the alert opening it
+        for a in alerts:
+            a["id"] = self.next_id
+            self.next_id += 1
+            lines += self.incidents.add(a)
+            lines.append(a)
         if self.sink is not None:
-            self.sink.write(alerts)
+            self.sink.write(lines)
         return len(alerts)
 
     # -- timeline -----------------------------------------------------------------------------
@@ -624,7 +748,16 @@ class Monitor:
     def summary(self) -> dict[str, Any]:
         """Flows seen, flows per device type, alerts, devices (unknown ones listed)."""
         devices = {k: st.summary() for k, st in sorted(self.devices.items())}
+        for key, d in devices.items():
+            d.update(self.incidents.device_summary(key))
+            t = d["device_type"]
+            d["modelled"] = t is None or t not in self.not_modelled
+            if not d["modelled"]:
+                d["note"] = self.not_modelled[t]
         return {
+            "incidents": self.incidents.finish(),
+            "incident_summary": self.incidents.summary(),
+            "not_modelled": dict(sorted(self.not_modelled.items())),
             "flows_seen": self.flows_seen,
             "flows_per_device_type": dict(sorted(self.flows_per_type.items())),
             "flows_per_capture": dict(sorted(self.flows_per_capture.items())),

@@ -29,8 +29,17 @@ if TYPE_CHECKING:
 class Run:
     """One monitoring run: feeds the monitor from captures or an interface."""
 
-    def __init__(self, monitor: Monitor, config: FlowConfig, inventory: Inventory | None) -> None:
+    def __init__(
+        self,
+        monitor: Monitor,
+        config: FlowConfig,
+        inventory: Inventory | None,
+        chunk_packets: int = 262_144,
+    ) -> None:
         self.monitor = monitor
+        # packets metered at once from a capture; flows still open after a chunk are sighted
+        # (their service judged) then: small chunks time alerts as a live monitor would
+        self.chunk_packets = chunk_packets
         self.config = config
         self.inventory = inventory
         self.stats = ReadStats()
@@ -51,7 +60,8 @@ class Run:
         for path in files:
             self.files.append(str(path))
             tables = FlowStream.from_capture(path, self.config, self.inventory, stats=self.stats,
-                                             ready_packets=n)  # fmt: skip
+                                             ready_packets=n, sight=self.monitor.profiles,
+                                             chunk_packets=self.chunk_packets)  # fmt: skip
             # the meter runs in a thread of its own, a table or two ahead of the judge (its
             # kernels release the GIL): metering and judging overlap on two cores, same tables
             for table in _prefetch(tables, depth=2):
@@ -82,6 +92,8 @@ class Run:
                 if n:
                     last = now
                     self.monitor.judge(stream.feed(packets))
+                    if self.monitor.profiles:  # a flow's service is judged at its first packets
+                        self.monitor.judge(stream.sighted())
                     self.monitor.judge(stream.ready())
                 else:
                     self.monitor.judge(stream.advance(time.time_ns()))
