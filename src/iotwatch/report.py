@@ -189,6 +189,27 @@ def anomaly_section(anomaly: dict[str, Any], paths: PathsConfig) -> list[str]:
             f"{_fmt(fr.get('recall'))} | {_fmt(fr.get('fpr'))} | "
             f"{_fmt(m.get('train_seconds'), 1)} |"
         )
+    lines += [
+        "",
+        "The detector the monitor runs beside the method (`anomaly=paper` is the method alone), "
+        "same test split: a service profile per type (a flow outside it is an alert of its own) "
+        "and the threshold rule of `anomaly.threshold_rule` (*budget*: legitimate validation "
+        "flows held to `anomaly.alert_budget` false alerts per device-day).",
+        "",
+        "| device type | method recall / FPR | detector recall / FPR | rule | services | "
+        "outside profile (test legit / attack) | flows per device-day |",
+        "|---|---:|---:|---|---|---:|---:|",
+    ]
+    for dev, m in devices.items():
+        det = m.get("detector") or {}
+        out = det.get("outside_profile") or {}
+        lines.append(
+            f"| {dev} | {_fmt(m.get('recall'))} / {_fmt(m.get('fpr'))} | "
+            f"{_fmt(det.get('recall'))} / {_fmt(det.get('fpr'))} | {det.get('rule', 'n/a')} | "
+            f"{'on' if det.get('services') else 'off'} | "
+            f"{out.get('test_legit', 'n/a')} / {out.get('test_attack', 'n/a')} | "
+            f"{_fmt(det.get('flows_per_device_day'), 1)} |"
+        )
     names = sorted({b for m in devices.values() for b in (m.get("baselines") or {})})
     if names:
         lines += [
@@ -225,7 +246,46 @@ def anomaly_section(anomaly: dict[str, Any], paths: PathsConfig) -> list[str]:
     return lines + [""]
 
 
-REPORTED = ("flows", "features", "tsne", "classify", "anomaly")  # metrics files read
+def watch_section(w: dict[str, Any], paths: PathsConfig) -> list[str]:
+    """Markdown lines: the deployment evaluation (the watch stage)."""
+    if not w.get("enabled"):
+        return []
+    lines = [
+        "## Watch period (the exported monitor after training)",
+        "",
+        f"{w.get('watch_days', 0):.2f} days after `dataset.train_days`; {w.get('flows')} flows, "
+        f"{w.get('alerts')} alerts, {w.get('incidents')} incidents. False alerts are alerts on "
+        "flows the ground truth does not name; budget "
+        f"{_fmt(w.get('alert_budget'), 2)} per device-day.",
+        "",
+        "| device | type | placed as | flows | false alerts | per day | false incidents | "
+        "per week |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, d in (w.get("devices") or {}).items():
+        per_day = _fmt(d["false_alerts_per_day"], 2) if d.get("modelled") else d.get("note")
+        lines.append(
+            f"| {name} | {d['device_type']} | {d.get('placed_as')} | {d['flows']} | "
+            f"{d['false_alerts']} | {per_day} | {d['false_incidents']} | "
+            f"{_fmt(d['false_incidents_per_week'], 2)} |"
+        )
+    infections = w.get("infections") or {}
+    if infections:
+        lines += ["", "| infected device | attack | attack flows | recall | first alert after (s) |",
+                  "|---|---|---:|---:|---:|"]  # fmt: skip
+        for name, v in infections.items():
+            lines.append(f"| {name} | {v['attack']} | {v['flows']} | {_fmt(v['recall'])} | "
+                         f"{_fmt(v['seconds_to_first_alert'], 1)} |")  # fmt: skip
+    png = Path(paths.watch_plots) / "watch.png"
+    if png.is_file():
+        lines += ["", f"![false alerts per device-day]({_rel(png, Path(paths.report))})"]
+    html = Path(paths.watch_plots) / "monitor.html"
+    if html.is_file():
+        lines += ["", f"The monitor's own report: [{html.name}]({_rel(html, Path(paths.report))})"]
+    return lines + [""]
+
+
+REPORTED = ("flows", "features", "tsne", "classify", "anomaly", "watch")  # metrics files read
 
 
 def build_report(paths: PathsConfig, exclude: str = "report") -> tuple[str, dict[str, Any]]:
@@ -272,7 +332,9 @@ def build_report(paths: PathsConfig, exclude: str = "report") -> tuple[str, dict
                 summary[f"best_{key}"] = best[key]
     if "anomaly" in found:
         lines += anomaly_section(found["anomaly"], paths)
-    others = [k for k in found if k not in ("features", "tsne", "classify", "anomaly")]
+    if "watch" in found:
+        lines += watch_section(found["watch"], paths)
+    others = [k for k in found if k not in ("features", "tsne", "classify", "anomaly", "watch")]
     for stage in others:
         lines += [f"## {stage}", "", "| metric | value |", "|---|---:|"]
         rows = [(k, v) for k, v in flat_items(found[stage], ".") if not isinstance(v, list)]
