@@ -14,7 +14,8 @@ from iotwatch.cli import main as cli
 
 ALERT_FIELDS = {"time", "ts", "device_mac", "device_ip", "device_type", "confidence", "proto",
                 "device_port", "peer_ip", "peer_port", "flow_start", "flow_end", "score",
-                "threshold", "top_features", "judged", "capture"}  # fmt: skip
+                "threshold", "top_features", "judged", "capture", "id", "detected_ts",
+                "reason", "why", "incident"}  # fmt: skip
 
 
 def _monitor(source: Path, bundle: Path, tmp: Path, *extra: str) -> tuple[int, dict[str, Any]]:
@@ -62,6 +63,7 @@ def test_alerts_are_the_attacks(trained, unseen) -> None:
     assert all(a["score"] > a["threshold"] for a in behaviour)
     assert all(len(a["top_features"]) == 3 for a in behaviour)
     assert all(a["score"] is None and a["why"].startswith("new service ") for a in service)
+    assert all(a["top_features"] == [] for a in service)
     mal = {p.name for p in (trained.other_home / "malicious").glob("*.pcap")}
     attack_flows = sum(v for k, v in summary["flows_per_capture"].items() if k in mal)
     benign_flows = summary["flows_seen"] - attack_flows

@@ -688,6 +688,7 @@ class Monitor:
             mine = [(a, x) for jj, a, x in found if jj == j]
             for a, _ in mine:
                 if a["reason"] == "service" and getattr(det, "profile", None) is not None:
+                    a["top_features"] = []  # a service alert: its reason is the service
                     a["why"] = det.profile.why(_service(a, "device_port"), a["device_type"])
             mine = [(a, x) for a, x in mine if a["reason"] == "behaviour"]
             if not mine:
