@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from iotwatch.errors import InputError, OutputError
+from iotwatch.flowmeter.reader import GZIP_MAGIC, PCAP_MAGICS, PCAPNG_MAGIC
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +41,6 @@ NS = 1_000_000_000
 DAY = 86400.0
 SNAPLEN = 262_144  # written in the output header; longer frames are cut to it
 LINKTYPE_ETHERNET = 1
-# Classic pcap magic (as read little endian) -> (byte order, nanoseconds per tick).
-_PCAP_MAGICS = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1_000),
-    b"\xa1\xb2\xc3\xd4": (">", 1_000),
-    b"\x4d\x3c\xb2\xa1": ("<", 1),
-    b"\xa1\xb2\x3c\x4d": (">", 1),
-}
-_PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
-_GZIP_MAGIC = b"\x1f\x8b"
 _OUT_HEADER = struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, SNAPLEN, LINKTYPE_ETHERNET)
 _REC = struct.Struct("<IIII")
 _VLAN_TYPES = (0x8100, 0x88A8, 0x9100)
@@ -103,7 +95,7 @@ def _load(path: Path) -> bytes:
         raise InputError(f"{path}: is a folder, expected a capture file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    if data[:2] == _GZIP_MAGIC:
+    if data[:2] == GZIP_MAGIC:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as exc:
@@ -123,9 +115,9 @@ def read_capture(path: Path | str) -> _Capture:
     if len(data) < 4:
         raise InputError(f"{path}: empty or too short to be a capture")
     magic = data[:4]
-    if magic in _PCAP_MAGICS:
+    if magic in PCAP_MAGICS:
         ts, off, cap, wire = _read_pcap(path, data)
-    elif magic == _PCAPNG_MAGIC:
+    elif magic == PCAPNG_MAGIC:
         ts, off, cap, wire = _read_pcapng(path, data)
     else:
         raise InputError(f"{path}: not a capture (unknown magic {magic.hex()}; pcap or pcapng)")
@@ -147,7 +139,7 @@ def _not_ethernet(path: Path, linktype: int) -> InputError:
 
 
 def _read_pcap(path: Path, data: bytes) -> tuple[list, list, list, list]:
-    endian, unit = _PCAP_MAGICS[data[:4]]
+    endian, unit = PCAP_MAGICS[data[:4]]
     if len(data) < 24:
         raise InputError(f"{path}: pcap header cut short")
     linktype = struct.unpack_from(endian + "I", data, 20)[0] & 0xFFFF
@@ -190,7 +182,7 @@ def _read_pcapng(path: Path, data: bytes) -> tuple[list, list, list, list]:
     pos, end = 0, len(data)
     while pos + 12 <= end:
         btype = struct.unpack_from(endian + "I", data, pos)[0]
-        if data[pos : pos + 4] == _PCAPNG_MAGIC:
+        if data[pos : pos + 4] == PCAPNG_MAGIC:
             bom = data[pos + 8 : pos + 12]
             if bom == b"\x4d\x3c\x2b\x1a":
                 endian = "<"
