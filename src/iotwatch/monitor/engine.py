@@ -74,6 +74,10 @@ class _Flow:
     def info(self) -> dict[str, Any]:
         return {k: v[self.i] for k, v in self.cols.items()}
 
+    def service(self) -> np.ndarray:
+        """The flow's (proto, dev_port, peer_port) row (``_services``)."""
+        return _services(self.cols, [self.i])
+
 
 class _Alerts:
     """Alerts found while judging a table, each with the table position of the flow being
@@ -235,10 +239,19 @@ def _numpy(column: pa.ChunkedArray) -> np.ndarray:
     return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0, np.float64)
 
 
-def _flow_key(info: dict[str, Any]) -> tuple[Any, ...]:
-    """A flow's key whichever end the meter put first (``_first_sightings``' key)."""
-    a, b = (info["dev_ip"], info["dev_port"]), (info["peer_ip"], info["peer_port"])
-    return (min(a, b), max(a, b), info["proto"], info["vlan"], info["start"])
+KEY_COLUMNS = ("dev_ip", "dev_port", "peer_ip", "peer_port", "proto", "vlan", "start")
+
+
+def _flow_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A flow's key (its ``KEY_COLUMNS`` values) whichever end the meter put first."""
+    a, b = key[:2], key[2:4]
+    return (min(a, b), max(a, b), *key[4:])
+
+
+def _services(cols: dict[str, list[Any]], rows: Any) -> np.ndarray:
+    """The (proto, dev_port, peer_port) rows of a table's flows ``rows``."""
+    p, d, q = cols["proto"], cols["dev_port"], cols["peer_port"]
+    return np.array([[p[i], d[i], q[i]] for i in rows], np.int64).reshape(-1, 3)
 
 
 def _service(info: dict[str, Any], dev_port: str = "dev_port") -> np.ndarray:
@@ -313,8 +326,8 @@ class Monitor:
         if table.num_rows == 0:
             return 0
         t0 = time.perf_counter()
-        reason = table.column("end_reason")
-        if self.profiles and reason.num_chunks and any(r == "new" for r in reason.to_pylist()):
+        # ``FlowStream.sighted`` hands out tables of first sightings only
+        if self.profiles and table.column("end_reason")[0].as_py() == "new":
             return self._sighted(table)
         table = self._first_sightings(table)
         if table.num_rows == 0:
@@ -374,7 +387,7 @@ class Monitor:
                 scores[rows, j] = det.score(x[rows])
         return scores
 
-    def _score_one(self, j: int, x: np.ndarray, info: dict[str, Any]) -> float:
+    def _score_one(self, j: int, x: np.ndarray) -> float:
         """One flow's autoencoder score under type ``j`` (``_scores`` for a single flow)."""
         det = self.detectors[j]
         if det is None:
@@ -403,9 +416,7 @@ class Monitor:
             return False
         det = self.detectors[j]
         if getattr(det, "profile", None) is not None:
-            svc = np.array([[cols["proto"][i], cols["dev_port"][i], cols["peer_port"][i]]
-                            for i in rows], np.int64).reshape(-1, 3)  # fmt: skip
-            s = np.where(det.inside(svc), s, np.inf)
+            s = np.where(det.inside(_services(cols, rows)), s, np.inf)
         alert = s > thr  # never above a type without a model (inf)
         voters = rows[~alert]
         conf = np.array([st.confidence])
@@ -457,29 +468,22 @@ class Monitor:
             "vlan", "start", "end", "packets", "bytes", "end_reason", "capture")}  # fmt: skip
         out = _Alerts()
         for i, (mac, ip) in enumerate(zip(cols["dev_mac"], cols["dev_ip"], strict=True)):
-            if cols["end_reason"][i] != "new":
-                continue
             st = self.devices.get(mac or f"ip:{ip}")
             if st is None or st.status != "known" or st.device_type is None:
                 continue
             j = self.index[st.device_type]
-            det = self.detectors[j]
-            info = _Flow(cols, i).info()
-            if det is None or det.profile is None or det.inside(_service(info))[0]:
+            det, flow = self.detectors[j], _Flow(cols, i)
+            if getattr(det, "profile", None) is None or det.inside(flow.service())[0]:
                 continue
-            self._sighted_alerts.add(_flow_key(info))
+            self._sighted_alerts.add(_flow_key(tuple(cols[c][i] for c in KEY_COLUMNS)))
             self.flows_seen += 1
-            self.flows_per_capture[info["capture"]] += 1
-            self.flows_per_type[st.device_type] += 1
+            self.flows_per_capture[cols["capture"][i]] += 1
             st.flows += 1
-            st.alerts += 1
-            self.alerts += 1
-            self.alerts_per_type[st.device_type] += 1
-            self._ticks(st, [info["start"]], [info["start"]])
-            thr = float(self.thresholds[j])
+            self._ticks(st, [cols["start"][i]], [])
             out.pos = i
-            out.add(i, j, self._alert(st, st.device_type, ip, st.confidence, info, math.inf, thr),
-                    np.zeros(len(self.columns)))  # fmt: skip
+            scores = np.full(len(self.classes), np.nan)
+            scores[j] = math.inf  # outside the profile: the autoencoder need not look
+            self._score(st, st.device_type, flow, scores, np.zeros(len(self.columns)), out)
         n = self._emit(out)
         self.judge_seconds += time.perf_counter() - t0
         return n
@@ -491,13 +495,10 @@ class Monitor:
         is_open = [r == "open" for r in reason]
         if not any(is_open) and not self._open and not self._sighted_alerts:
             return table
-        keys = zip(*(table.column(c).to_pylist() for c in
-                     ("dev_ip", "dev_port", "peer_ip", "peer_port", "proto", "vlan", "start")),
-                   strict=True)  # fmt: skip
+        keys = zip(*(table.column(c).to_pylist() for c in KEY_COLUMNS), strict=True)
         keep = np.ones(table.num_rows, bool)
         for i, key in enumerate(keys):
-            # the flow meter may put either end first; the key must not depend on it
-            k = (min(key[:2], key[2:4]), max(key[:2], key[2:4]), *key[4:])
+            k = _flow_key(key)  # the flow meter may put either end first
             if k in self._sighted_alerts:
                 keep[i] = False
                 if not is_open[i]:
@@ -547,7 +548,7 @@ class Monitor:
             # only its type's verdict (whatever else this table scored it with)
             self._vote(st, vote_p, self.own_verdict[self.index[st.device_type]])
             return
-        self._every_verdict(scores, x, vote_a, flow)
+        self._every_verdict(scores, x, vote_a)
         self._vote(st, vote_p, vote_a)
         if st.status == "pending":
             st.waiting.append(_Waiting(flow.info(), scores.copy(), x.copy()))  # not the batch
@@ -560,17 +561,13 @@ class Monitor:
         else:
             self.flows_per_type["unknown"] += 1
 
-    def _every_verdict(
-        self, scores: np.ndarray, x: np.ndarray, vote_a: np.ndarray, flow: _Flow
-    ) -> None:
+    def _every_verdict(self, scores: np.ndarray, x: np.ndarray, vote_a: np.ndarray) -> None:
         """A flow of a device not placed is scored by every type's model: those its table did
         not score it with (its device was placed then) are scored now, so a device's votes do
         not depend on how its flows were cut into tables."""
         c = len(self.classes)
-        missing = np.flatnonzero(np.isnan(scores))
-        info = flow.info() if len(missing) else {}
-        for j in missing:
-            scores[j] = self._score_one(int(j), x, info)
+        for j in np.flatnonzero(np.isnan(scores)):
+            scores[j] = self._score_one(int(j), x)
             vote_a[j] = int(scores[j] <= self.thresholds[j])
             vote_a[c + j] = 1
 
@@ -616,14 +613,12 @@ class Monitor:
         if not math.isfinite(thr):
             return False  # a type without a model: placed, not scored
         if scores[j] != scores[j]:  # placed since its batch was scored
-            scores[j] = self._score_one(j, x, {})
+            scores[j] = self._score_one(j, x)
         det = self.detectors[j]
         score = float(scores[j])
         if getattr(det, "profile", None) is not None:
-            c = flow.cols if isinstance(flow, _Flow) else None
-            row = ([[c["proto"][flow.i], c["dev_port"][flow.i], c["peer_port"][flow.i]]]
-                   if c is not None and isinstance(flow, _Flow) else _service(flow))  # fmt: skip
-            if not det.inside(np.asarray(row, np.int64))[0]:
+            svc = flow.service() if isinstance(flow, _Flow) else _service(flow)
+            if not det.inside(svc)[0]:
                 score = math.inf  # a service outside the type's profile
         if score <= thr:
             return False
