@@ -23,6 +23,7 @@ from iotwatch.errors import InputError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from iotwatch.bundle import Bundle
     from iotwatch.context import StageContext
     from iotwatch.tracking import StageRun
 
@@ -68,16 +69,14 @@ def build(ctx: StageContext, out: Path, truth: Path) -> dict[str, Any]:
                        extra=extra, extra_truth=Path(w.attacks) if w.attacks else None)  # fmt: skip
 
 
-def monitor(bundle_dir: Path, capture: Path, local: list[str]) -> tuple[list[dict], dict, Any]:
+def monitor(bundle: Bundle, capture: Path, local: list[str]) -> tuple[list[dict], dict, Any]:
     """Run the monitor on the watch capture: (alerts, summary, monitor)."""
     import dataclasses
 
-    from iotwatch.bundle import load_bundle
     from iotwatch.monitor.engine import Monitor
     from iotwatch.monitor.orient import PRIVATE_NETWORKS
     from iotwatch.monitor.run import Run
 
-    bundle = load_bundle(bundle_dir)
     local = local or list(bundle.manifest.get("local_networks") or PRIVATE_NETWORKS)
 
     class Collect:
@@ -98,17 +97,15 @@ def monitor(bundle_dir: Path, capture: Path, local: list[str]) -> tuple[list[dic
     return sink.alerts, run.summary(), mon
 
 
-def _meter(capture: Path, ctx: StageContext, bundle_dir: Path) -> pd.DataFrame:
+def _meter(capture: Path, ctx: StageContext, bundle: Bundle) -> pd.DataFrame:
     """Every flow of the watch capture, labelled by the inventory (the ground truth's side)."""
     import pyarrow as pa
 
-    from iotwatch.bundle import load_bundle
     from iotwatch.flowmeter.stream import FlowStream
     from iotwatch.inventory import load_inventory
 
     inv = load_inventory(ctx.dataset.inventory, ctx.dataset.inventory_format)
-    cfg = load_bundle(bundle_dir).flow_config
-    tables = list(FlowStream.from_capture(capture, cfg, inv))
+    tables = list(FlowStream.from_capture(capture, bundle.flow_config, inv))
     return pa.concat_tables(tables).to_pandas() if tables else pa.table({}).to_pandas()
 
 
@@ -240,8 +237,7 @@ def plot(m: dict[str, Any], path: Path, budget: float | None) -> Path:
 
 def run(cfg: Any, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     """Watch stage: build the watch capture, monitor it, score and draw it."""
-    import pandas as pd
-
+    from iotwatch.bundle import load_bundle
     from iotwatch.features import read_ground_truth
 
     paths = ctx.paths
@@ -257,15 +253,15 @@ def run(cfg: Any, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     capture, truth_csv = folder / "watch.pcap", folder / "attacks.csv"
     built = build(ctx, capture, truth_csv)
     print(f"watch: built {capture} ({built})", flush=True)
-    bundle_dir = Path(paths.models_dir) / "bundle"
-    alerts, summary, mon = monitor(bundle_dir, capture, list(ctx.dataset.local_networks))
-    flows = _meter(capture, ctx, bundle_dir)
+    bundle = load_bundle(Path(paths.models_dir) / "bundle")
+    alerts, summary, mon = monitor(bundle, capture, list(ctx.dataset.local_networks))
+    flows = _meter(capture, ctx, bundle)
     truth = read_ground_truth(truth_csv) if truth_csv.is_file() else None
     if truth is not None and len(truth) == 0:
         truth = None
     start = watch_start(ctx)
     metrics = {"enabled": True, "start": start, **score(flows, alerts, summary, truth, start)}
-    budget = _budget(Path(paths.models_dir) / "bundle")
+    budget = bundle.manifest.get("alert_budget")
     metrics["alert_budget"] = budget
     plot(metrics, plots / "watch.png", budget)
     from iotwatch.monitor.report import write_report
@@ -285,14 +281,4 @@ def run(cfg: Any, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
         )
     sr.record(metrics)
     sr.log_artifact(plots / "watch.png")
-    del pd
     return metrics
-
-
-def _budget(bundle_dir: Path) -> float | None:
-    """The alert budget the detectors were thresholded for (None when not the budget rule)."""
-    try:
-        manifest = json.loads((bundle_dir / "manifest.json").read_text())
-        return manifest.get("alert_budget")
-    except (OSError, ValueError):
-        return None

@@ -256,9 +256,11 @@ def evaluate_detector(
     val_s: np.ndarray,
     test_s: np.ndarray,
     profile: ServiceProfile | None,
+    method: float,
 ) -> dict[str, Any]:
     """The full detector on the same splits: service profile (when on) and the threshold of
-    ``cfg.threshold_rule``, chosen on validation; both rules' test figures beside it."""
+    ``cfg.threshold_rule``, chosen on validation; both rules' test figures beside it.
+    ``method``: the method's threshold on the autoencoder's scores (``_thresholds``)."""
     import numpy as np
 
     from iotwatch.anomaly.threshold import best_f1_threshold, evaluate, fpr_threshold
@@ -277,7 +279,6 @@ def evaluate_detector(
         rules["best_f1"] = best_f1_threshold(val_d, d.validation_attack, cfg.threshold_placement)
         # a budget caps false alerts: it never lowers the method's threshold (best F1 on the
         # autoencoder's scores; the monitor's vote accepts a flow below the threshold)
-        method = best_f1_threshold(val_s, d.validation_attack, cfg.threshold_placement)
         rules["budget"] = max(budget, method)
     rule = cfg.threshold_rule if cfg.threshold_rule in rules else "budget"
     thr = rules[rule]
@@ -699,7 +700,7 @@ def run_device(
         from iotwatch.anomaly.services import ServiceProfile
 
         profile = ServiceProfile(cfg.spread_ports).fit(d.train_service)
-    m["detector"] = evaluate_detector(cfg, d, val_s, test_s, profile)
+    m["detector"] = evaluate_detector(cfg, d, val_s, test_s, profile, m["threshold"])
     m["order"] = order
     if choice:
         m["order_choice"] = choice
