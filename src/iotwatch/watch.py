@@ -241,15 +241,15 @@ def run(cfg: Any, ctx: StageContext, sr: StageRun) -> dict[str, Any]:
     from iotwatch.features import read_ground_truth
 
     paths = ctx.paths
-    plots = Path(paths.watch_plots)
-    plots.mkdir(parents=True, exist_ok=True)
+    plots, folder = Path(paths.watch_plots), Path(paths.watch_data)
+    for out in (plots, folder):  # DVC outputs, also without a watch period
+        out.mkdir(parents=True, exist_ok=True)
     if ctx.dataset.watch is None:
-        (plots / "NO_WATCH.txt").write_text("the dataset names no watch period\n")
+        for out in (plots, folder):
+            (out / "NO_WATCH.txt").write_text("the dataset names no watch period\n")
         metrics: dict[str, Any] = {"enabled": False}
         sr.record(metrics)
         return metrics
-    folder = Path(paths.watch_data)
-    folder.mkdir(parents=True, exist_ok=True)
     capture, truth_csv = folder / "watch.pcap", folder / "attacks.csv"
     built = build(ctx, capture, truth_csv)
     print(f"watch: built {capture} ({built})", flush=True)

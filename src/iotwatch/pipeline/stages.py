@@ -123,11 +123,11 @@ STAGES: dict[str, Stage] = {
         "behaviour", (), ("anomaly_plots", "anomaly_curves"),
     ),
     "report": Stage("iotwatch.report", None, None, "report", (), ("report",)),
-    "watch": Stage("iotwatch.watch", None, None, "monitor", (), ("watch_data", "watch_plots")),
     "export": Stage(
         "iotwatch.bundle", "iotwatch.flowmeter.config:FlowConfig", "flows", "monitor",
         ("flows",), ("models_dir",),
     ),
+    "watch": Stage("iotwatch.watch", None, None, "monitor", (), ("watch_data", "watch_plots")),
 }  # fmt: skip
 
 
